@@ -1,0 +1,188 @@
+"""All hyperparameters of a dcgan_tf run in one commented place.
+
+Defaults are the paper's values (Radford, Metz & Chintala 2015, "Unsupervised Representation Learning with
+Deep Convolutional Generative Adversarial Networks", section 4 "Details of adversarial training"), except
+where a comment says otherwise. The resolved config of every run is written to `<model_dir>/config.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Any
+
+# Datasets with a recipe in input_pipeline.py (besides "synthetic" and "folder:PATH").
+TFDS_DATASETS = (
+    "celeb_a",
+    "lsun/bedroom",
+    "cifar10",
+    "svhn_cropped",
+    "mnist",
+    "fashion_mnist",
+    "imagenet_resized/32x32",
+    "imagenet_resized/64x64",
+)
+Z_DISTRIBUTIONS = ("uniform", "normal")
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
+
+# Fields that fix the shape of the networks: resuming with other values cannot work.
+ARCHITECTURE_FIELDS = ("image_size", "channels", "nz", "ngf", "ndf", "z_dist")
+
+
+@dataclasses.dataclass
+class Config:
+    """Every setting of a training run; see the comments for the paper's values."""
+
+    # --- Data ---------------------------------------------------------------------------------------------
+    dataset: str = "synthetic"  # a TFDS name above, "synthetic" (built in, no download) or "folder:PATH"
+    data_dir: str | None = None  # TFDS data_dir; None = TFDS's default (~/tensorflow_datasets)
+    image_size: int = 64  # paper: 64x64 (LSUN, faces, ImageNet-1k); 32x32 for the CIFAR/SVHN features
+    channels: int = 0  # 0 = the dataset's own (3 for RGB sets, 1 for MNIST-like); 1 or 3 converts
+    shuffle_buffer: int = 10_000  # examples; tf.data shuffle buffer (paper: not stated)
+
+    # --- Model (paper section 3 and 4) --------------------------------------------------------------------
+    nz: int = 100  # paper: 100-d z
+    z_dist: str = "uniform"  # paper: uniform on [-1, 1]; "normal" = N(0, 1) as an option
+    ngf: int = 128  # G width; paper 64x64 nets project z to 4x4x1024 = 4x4x(8*ngf), so ngf = 128
+    ndf: int = 128  # D width: 4x4 stride-2 convs with ndf, 2ndf, 4ndf, 8ndf maps at 64x64
+    init_stddev: float = 0.02  # paper: all weights from N(0, 0.02)
+    leaky_slope: float = 0.2  # paper: LeakyReLU slope 0.2 in D
+    bn_momentum: float = 0.9  # moving-average momentum (Keras convention); 0.9 = PyTorch's 0.1
+    bn_epsilon: float = 1e-5  # PyTorch's BatchNorm default, used by the reference implementations
+    sync_batchnorm: bool = False  # BatchNorm statistics over the global batch under a multi-replica strategy
+
+    # --- Optimisation (paper section 4) -------------------------------------------------------------------
+    batch_size: int = 128  # GLOBAL batch (split across replicas); paper: 128
+    learning_rate: float = 2e-4  # paper: Adam lr 0.0002 (0.001 "too high")
+    beta1: float = 0.5  # paper: beta1 0.5 (0.9 "resulted in training oscillation and instability")
+    beta2: float = 0.999  # Adam default, unchanged by the paper
+    train_steps: int = 0  # total G/D updates; 0 = derive from `epochs`
+    epochs: int = 0  # passes over the dataset (finite datasets only); used when train_steps is 0
+    seed: int = 0  # seeds z, the synthetic data, the shuffle order and the weight init
+
+    # --- Speed --------------------------------------------------------------------------------------------
+    jit_compile: bool = False  # XLA-compile the train step
+    mixed_precision: str = "none"  # "none", "bfloat16" or "float16" (compute dtype; variables stay float32)
+
+    # --- Distribution -------------------------------------------------------------------------------------
+    strategy: str = "auto"  # auto = mirrored over all GPUs if more than one, else the default strategy
+    cpu_replicas: int = 0  # >1: split the CPU into this many logical devices (tests and CPU-only machines)
+
+    # --- Outputs ------------------------------------------------------------------------------------------
+    model_dir: str = "runs/dcgan"  # checkpoints, TensorBoard events, samples/, config.json
+    log_every: int = 100  # steps between TensorBoard scalars (and the progress bar's window)
+    sample_every: int = 1000  # steps between fixed-z sample grids (TensorBoard image + PNG)
+    checkpoint_every: int = 1000  # steps between checkpoints (one is always written at the end)
+    keep_checkpoints: int = 5  # how many recent checkpoints to keep
+    num_samples: int = 64  # images in the fixed-z sample grid (a square number makes a square grid)
+    export_dir: str = ""  # if set, export the generator for TF Serving here at the end of training
+    verbose: int = 1  # Keras progress bar: 0 silent, 1 bar, 2 one line per epoch
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the config as a plain dict."""
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        """Return the config as pretty JSON."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "Config":
+        """Build a config from a dict, rejecting unknown keys with a clear message."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown config keys {unknown}; known keys: {sorted(known)}")
+        return cls(**values)
+
+    @classmethod
+    def from_json_file(cls, path: str) -> "Config":
+        """Read a config written by `save`."""
+        with open(path) as f:
+            return cls.from_dict(json.load(f))
+
+    def replace(self, **changes: Any) -> "Config":
+        """Return a copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def num_upsamplings(self) -> int:
+        """Number of stride-2 layers between 4x4 and image_size (4 at 64x64)."""
+        return int(math.log2(self.image_size // 4))
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work, with a message that names the fix."""
+
+
+def is_power_of_two(n: int) -> bool:
+    """True for 1, 2, 4, 8, ..."""
+    return n > 0 and n & (n - 1) == 0
+
+
+def validate(config: Config) -> None:
+    """Raise ConfigError naming the problem and the fix; cheap, run before any heavy work."""
+    checks = [
+        (is_power_of_two(config.image_size) and config.image_size >= 16,
+         f"image_size={config.image_size} must be a power of two >= 16 (16, 32, 64, 128, ...)"),
+        (config.channels in (0, 1, 3), f"channels={config.channels} must be 0 (dataset's own), 1 or 3"),
+        (config.nz > 0, f"nz={config.nz} must be positive (paper: 100)"),
+        (config.ngf > 0 and config.ndf > 0, f"ngf={config.ngf} and ndf={config.ndf} must be positive"),
+        (config.batch_size > 0, f"batch_size={config.batch_size} must be positive (paper: 128)"),
+        (config.learning_rate > 0, f"learning_rate={config.learning_rate} must be positive (paper: 2e-4)"),
+        (0 <= config.beta1 < 1, f"beta1={config.beta1} must be in [0, 1) (paper: 0.5)"),
+        (config.z_dist in Z_DISTRIBUTIONS, f"z_dist={config.z_dist!r} must be one of {Z_DISTRIBUTIONS}"),
+        (config.strategy in STRATEGIES, f"strategy={config.strategy!r} must be one of {STRATEGIES}"),
+        (config.mixed_precision in ("none", "bfloat16", "float16"),
+         f"mixed_precision={config.mixed_precision!r} must be none, bfloat16 or float16"),
+        (config.train_steps >= 0 and config.epochs >= 0, "train_steps and epochs must not be negative"),
+        (config.train_steps > 0 or config.epochs > 0,
+         "set --train_steps=N (or --epochs=N for a finite dataset): the run has no length"),
+        (min(config.log_every, config.sample_every, config.checkpoint_every) > 0,
+         "log_every, sample_every and checkpoint_every must be positive"),
+        (config.keep_checkpoints > 0, "keep_checkpoints must be at least 1"),
+        (config.num_samples > 0, "num_samples must be positive"),
+        (config.cpu_replicas >= 0, "cpu_replicas must not be negative"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    validate_dataset_name(config.dataset)
+
+
+def validate_dataset_name(name: str) -> None:
+    """Reject a dataset name that no recipe handles."""
+    if name == "synthetic" or name in TFDS_DATASETS:
+        return
+    if name.startswith("folder:"):
+        if not name[len("folder:"):]:
+            raise ConfigError("dataset 'folder:' needs a path: --dataset=folder:/path/to/images")
+        return
+    raise ConfigError(
+        f"unknown dataset {name!r}. Use one of {', '.join(TFDS_DATASETS)}, 'synthetic' (built in, no "
+        "download) or 'folder:/path/to/images' for your own images"
+    )
+
+
+def check_compatible(saved: Config, new: Config) -> None:
+    """Raise ConfigError if `new` cannot resume a run saved with `saved` (different network shapes)."""
+    diffs = [
+        f"{name}: checkpoint has {getattr(saved, name)!r}, this run asks for {getattr(new, name)!r}"
+        for name in ARCHITECTURE_FIELDS
+        if getattr(saved, name) != getattr(new, name)
+    ]
+    if diffs:
+        raise ConfigError(
+            f"cannot resume from {new.model_dir}: the run there was trained with another network "
+            f"({'; '.join(diffs)}). Use the same flags, or a new --model_dir to start a fresh run."
+        )
+
+
+def save(config: Config, path: str) -> None:
+    """Write the config as JSON atomically (temporary file + rename)."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(config.to_json())
+    os.replace(tmp, path)

@@ -1,0 +1,42 @@
+"""Image grids and PNG files."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import tensorflow as tf
+
+
+def make_grid(images: np.ndarray, cols: int | None = None, pad: int = 2, pad_value: int = 0) -> np.ndarray:
+    """Tile uint8 images [N, H, W, C] into one [rows*(H+pad)+pad, cols*(W+pad)+pad, C] image."""
+    images = np.asarray(images)
+    if images.ndim != 4:
+        raise ValueError(f"make_grid needs images of shape [N, H, W, C], got {images.shape}")
+    n, h, w, c = images.shape
+    cols = cols or int(math.ceil(math.sqrt(n)))
+    rows = int(math.ceil(n / cols))
+    grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), pad_value, dtype=images.dtype)
+    for i, image in enumerate(images):
+        top, left = pad + (i // cols) * (h + pad), pad + (i % cols) * (w + pad)
+        grid[top:top + h, left:left + w] = image
+    return grid
+
+
+def to_uint8(images) -> np.ndarray:
+    """float images in [-1, 1] -> uint8 [0, 255] (numpy)."""
+    return np.clip(np.round((np.asarray(images, dtype=np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def write_png(path: str, image: np.ndarray) -> None:
+    """Write a uint8 [H, W, C] image as PNG atomically (temporary file + rename)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    tf.io.write_file(tmp, tf.io.encode_png(np.asarray(image, dtype=np.uint8)))
+    os.replace(tmp, path)
+
+
+def read_png(path: str) -> np.ndarray:
+    """Read a PNG (or any image TF decodes) as uint8 [H, W, C]."""
+    return tf.io.decode_image(tf.io.read_file(path), expand_animations=False).numpy()

@@ -1,0 +1,24 @@
+"""Test set-up shared by every test file: 2 logical CPU devices (so 2-replica tests run without a GPU)."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from dcgan_tf.config import Config  # noqa: E402
+
+# Must happen before TensorFlow initialises its devices, i.e. before any test runs an op.
+_cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+
+@pytest.fixture
+def tiny_config(tmp_path) -> Config:
+    """A config small enough to train a few steps in seconds."""
+    return Config(
+        dataset="synthetic", image_size=16, channels=3, nz=16, ngf=8, ndf=8, batch_size=8, train_steps=4,
+        log_every=2, sample_every=2, checkpoint_every=2, num_samples=4, model_dir=str(tmp_path / "run"),
+        verbose=0,
+    )
