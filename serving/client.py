@@ -1,0 +1,242 @@
+"""gRPC client for the DCGAN generator behind TF Serving (or serving.local_server, which speaks the same protocol).
+
+    python -m serving.client --server=localhost:8500 --model=dcgan --num_images=64 --seed=0 --output=samples.png
+    python -m serving.client --server=localhost:8500 --z_file=z.npy --output=from_z.png
+    python -m serving.client --server=localhost:8500 --metadata
+
+Library use (e.g. from the experiments):
+
+    stub = client.make_stub("localhost:8500")
+    images = client.generate(stub, z)               # uint8 [N, S, S, C]
+    images, z = client.sample(stub, 16, seed=7)     # server-side z, the same for the same seed
+
+Every call retries with exponential backoff while the server is UNAVAILABLE (starting, restarting, swapping
+pods) and gives up after `retries` attempts; other errors are raised at once (they will not go away by retrying).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any, Callable, TypeVar
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from absl import app, flags, logging
+from google.protobuf import json_format
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+DEFAULT_MODEL = "dcgan"
+DEFAULT_SIGNATURE = "serving_default"
+SAMPLE_SIGNATURE = "sample"
+DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_RETRIES = 5
+DEFAULT_MAX_MESSAGE_MB = 256  # gRPC's 4 MiB default is too small for image batches
+_Response = TypeVar("_Response")
+
+
+class ClientError(RuntimeError):
+    """A request that failed; the message says what the server answered."""
+
+
+def channel_options(max_message_mb: int = DEFAULT_MAX_MESSAGE_MB) -> list[tuple[str, int]]:
+    """gRPC options raising the message size limits."""
+    limit = max_message_mb * 1024 * 1024
+    return [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
+
+
+def make_channel(server: str, max_message_mb: int = DEFAULT_MAX_MESSAGE_MB) -> grpc.Channel:
+    """An insecure channel to host:port with large message limits."""
+    return grpc.insecure_channel(server, options=channel_options(max_message_mb))
+
+
+def make_stub(server: str, max_message_mb: int = DEFAULT_MAX_MESSAGE_MB
+              ) -> prediction_service_pb2_grpc.PredictionServiceStub:
+    """A PredictionService stub for host:port."""
+    return prediction_service_pb2_grpc.PredictionServiceStub(make_channel(server, max_message_mb))
+
+
+def call_with_retry(rpc: Callable[..., _Response], request: Any, timeout: float = DEFAULT_TIMEOUT_S,
+                    retries: int = DEFAULT_RETRIES, backoff: float = 0.5) -> _Response:
+    """Call a unary RPC; on UNAVAILABLE wait backoff, 2*backoff, ... (max 8 s) and try again, `retries` times."""
+    for attempt in range(retries + 1):
+        try:
+            return rpc(request, timeout=timeout)
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.UNAVAILABLE or attempt == retries:
+                raise
+            delay = min(backoff * 2**attempt, 8.0)
+            logging.warning("Server unavailable (%s); retrying in %.1f s (%d/%d).", e.details(), delay,
+                            attempt + 1, retries)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def _model_spec(request: Any, model: str, signature: str | None, version: int | None) -> None:
+    """Fill request.model_spec."""
+    request.model_spec.name = model
+    if signature is not None:
+        request.model_spec.signature_name = signature
+    if version is not None:
+        request.model_spec.version.value = version
+
+
+def predict(
+    stub: prediction_service_pb2_grpc.PredictionServiceStub,
+    inputs: dict[str, np.ndarray],
+    model: str = DEFAULT_MODEL,
+    signature: str = DEFAULT_SIGNATURE,
+    version: int | None = None,
+    outputs: list[str] | None = None,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    retries: int = DEFAULT_RETRIES,
+) -> tuple[dict[str, np.ndarray], int]:
+    """One Predict call: named numpy inputs -> (named numpy outputs, model version that answered)."""
+    request = predict_pb2.PredictRequest()
+    _model_spec(request, model, signature, version)
+    for key, value in inputs.items():
+        request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+    request.output_filter.extend(outputs or [])
+    response = call_with_retry(stub.Predict, request, timeout, retries)
+    return {k: tf.make_ndarray(v) for k, v in response.outputs.items()}, response.model_spec.version.value
+
+
+def generate(
+    stub: prediction_service_pb2_grpc.PredictionServiceStub,
+    z: np.ndarray,
+    model: str = DEFAULT_MODEL,
+    version: int | None = None,
+    output: str = "images",
+    batch_size: int | None = None,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    retries: int = DEFAULT_RETRIES,
+) -> np.ndarray:
+    """Images for z [N, nz] from `serving_default`: uint8 (output="images") or float in [-1, 1] ("images_float").
+
+    `batch_size` splits a large z into several requests (keep it at or under the server's batch cap).
+    """
+    z = np.asarray(z, dtype=np.float32)
+    if z.ndim != 2:
+        raise ValueError(f"z must have shape [N, nz], got {z.shape}")
+    step = batch_size or max(len(z), 1)
+    starts = range(0, len(z), step) or [0]  # an empty z still asks once, for the [0, S, S, C] shape
+    parts = [predict(stub, {"z": z[i:i + step]}, model, DEFAULT_SIGNATURE, version, [output], timeout,
+                     retries)[0][output] for i in starts]
+    return np.concatenate(parts)
+
+
+def sample(
+    stub: prediction_service_pb2_grpc.PredictionServiceStub,
+    num_images: int,
+    seed: int,
+    model: str = DEFAULT_MODEL,
+    version: int | None = None,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    retries: int = DEFAULT_RETRIES,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 images, z) from the `sample` signature: the server draws z from the seed (no numpy needed)."""
+    inputs = {"num_images": np.array(num_images, np.int32), "seed": np.array(seed, np.int64)}
+    outputs, _ = predict(stub, inputs, model, SAMPLE_SIGNATURE, version, ["images", "z"], timeout, retries)
+    return outputs["images"], outputs["z"]
+
+
+def get_metadata(
+    stub: prediction_service_pb2_grpc.PredictionServiceStub,
+    model: str = DEFAULT_MODEL,
+    version: int | None = None,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    retries: int = DEFAULT_RETRIES,
+) -> dict[str, Any]:
+    """{"model", "version", "signature_def": {name: SignatureDef as a dict}} from GetModelMetadata."""
+    request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    _model_spec(request, model, None, version)
+    response = call_with_retry(stub.GetModelMetadata, request, timeout, retries)
+    signature_map = get_model_metadata_pb2.SignatureDefMap()
+    response.metadata["signature_def"].Unpack(signature_map)
+    return {"model": response.model_spec.name, "version": response.model_spec.version.value,
+            "signature_def": json_format.MessageToDict(signature_map, preserving_proto_field_name=True)[
+                "signature_def"]}
+
+
+def get_status(channel: grpc.Channel, model: str = DEFAULT_MODEL, version: int | None = None,
+               timeout: float = DEFAULT_TIMEOUT_S, retries: int = DEFAULT_RETRIES) -> list[dict[str, Any]]:
+    """ModelService.GetModelStatus as [{"version", "state", "status"}], newest first."""
+    request = get_model_status_pb2.GetModelStatusRequest()
+    _model_spec(request, model, None, version)
+    stub = model_service_pb2_grpc.ModelServiceStub(channel)
+    response = call_with_retry(stub.GetModelStatus, request, timeout, retries)
+    return json_format.MessageToDict(response, preserving_proto_field_name=True,
+                                     always_print_fields_with_no_presence=True)["model_version_status"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Command line.
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The client's flags."""
+    flags.DEFINE_string("server", "localhost:8500", "gRPC address of TF Serving or serving.local_server.")
+    flags.DEFINE_string("model", DEFAULT_MODEL, "Model name.")
+    flags.DEFINE_integer("version", None, "Model version (default: the latest served).")
+    flags.DEFINE_string("signature", None, "'sample' (default: z drawn by the server from --seed) or "
+                        "'serving_default' (default with --z_file).")
+    flags.DEFINE_integer("num_images", 64, "Images to draw with the sample signature.")
+    flags.DEFINE_integer("seed", 0, "Seed of the server-side z (sample signature).")
+    flags.DEFINE_string("z_file", None, ".npy file with z [N, nz] float32 for serving_default.")
+    flags.DEFINE_string("output", "samples.png", "PNG grid to write.")
+    flags.DEFINE_string("npy_output", None, "Also save the uint8 images [N, S, S, C] here (.npy).")
+    flags.DEFINE_integer("batch_size", 0, "Split --z_file into requests of this many z (0 = one request).")
+    flags.DEFINE_bool("metadata", False, "Print the model's signatures as JSON and exit.")
+    flags.DEFINE_float("timeout", DEFAULT_TIMEOUT_S, "Seconds per request.")
+    flags.DEFINE_integer("retries", DEFAULT_RETRIES, "Retries with exponential backoff while UNAVAILABLE.")
+
+
+def _run() -> dict[str, Any]:
+    """Do what the flags ask; returns the JSON summary to print."""
+    from dcgan_tf.images import make_grid, write_png
+
+    stub = make_stub(FLAGS.server)
+    if FLAGS.metadata:
+        return get_metadata(stub, FLAGS.model, FLAGS.version, FLAGS.timeout, FLAGS.retries)
+    signature = FLAGS.signature or (DEFAULT_SIGNATURE if FLAGS.z_file else SAMPLE_SIGNATURE)
+    if signature == DEFAULT_SIGNATURE:
+        if not FLAGS.z_file:
+            raise app.UsageError("--signature=serving_default needs --z_file=z.npy (float32 [N, nz]); or use "
+                                 "--signature=sample with --num_images and --seed")
+        images = generate(stub, np.load(FLAGS.z_file), FLAGS.model, FLAGS.version, "images",
+                          FLAGS.batch_size or None, FLAGS.timeout, FLAGS.retries)
+    elif signature == SAMPLE_SIGNATURE:
+        images, _ = sample(stub, FLAGS.num_images, FLAGS.seed, FLAGS.model, FLAGS.version, FLAGS.timeout,
+                           FLAGS.retries)
+    else:
+        raise app.UsageError(f"--signature={signature!r}: use 'sample' or 'serving_default'")
+    write_png(FLAGS.output, make_grid(images))
+    if FLAGS.npy_output:
+        np.save(FLAGS.npy_output, images)
+    return {"output": FLAGS.output, "num_images": int(len(images)), "signature": signature,
+            "image_shape": list(images.shape[1:])}
+
+
+def main(argv: list[str]) -> None:
+    """CLI entry point."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    try:
+        print(json.dumps(_run(), indent=2))
+    except grpc.RpcError as e:
+        sys.exit(f"error: {FLAGS.server} answered {e.code().name}: {e.details()}")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
