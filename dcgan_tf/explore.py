@@ -1,0 +1,384 @@
+"""The paper's experiments on a trained generator: `python -m dcgan_tf.explore SUBCOMMAND --model_dir=RUN ...`.
+
+Subcommands (each writes OUT.png, a figure, and OUT.npz, the numbers behind it; seeded and deterministic):
+  sheet            numbered samples and their z, to pick exemplars by index
+  interpolate      walks between random pairs of z (Fig. 4)
+  arithmetic       vector arithmetic on the mean z of exemplars: --a=i,j,k --b=... --c=... (Fig. 7)
+  walk             an attribute vector added in steps to random samples: --from=... --to=... (Fig. 8)
+  concept-filters  logistic regression finding the generator filters that draw a masked concept (Fig. 6)
+  ablate           samples with chosen filters dropped at every position (Fig. 6)
+  visualize-d      guided backprop of D's last-layer features, trained D beside random D (Fig. 5)
+  neighbors        nearest training images of samples in pixel and D-feature space
+  dedup            semantic-hashing autoencoder counting near-duplicates (section 4.1.1)
+The model is a training run (--model_dir), a SavedModel export (--export_dir) or a TF Serving server
+(--server=host:port); concept-filters, ablate and visualize-d need --model_dir.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import sys
+from typing import Callable
+
+import keras
+import numpy as np
+from absl import app, flags, logging
+
+from dcgan_tf import checkpointing, input_pipeline
+from dcgan_tf.config import Config, ConfigError
+from dcgan_tf.evaluation.data import load_real_images
+from dcgan_tf.experiments import ablation, dviz, figures, latent, memorization, sources
+from dcgan_tf.export import DEFAULT_BN_SAMPLES
+from dcgan_tf.images import to_uint8, write_png
+
+
+@dataclasses.dataclass
+class Options:
+    """Every setting of an explore command; one --flag each (`--from` is `from_`)."""
+
+    # Where the model comes from: exactly one of model_dir, export_dir, server.
+    model_dir: str | None = None  # training run directory (config.json + checkpoints/); latest checkpoint
+    export_dir: str | None = None  # SavedModel export: the base dir (latest numeric version) or one version
+    server: str | None = None  # host:port of a TF Serving gRPC endpoint serving the exported generator
+    model_name: str = "dcgan"  # --server: the served model's name
+    nz: int = 0  # --server: the served generator's latent size (0: ask the server's metadata)
+    z_dist: str | None = None  # --server/--export_dir: "uniform" or "normal" (default: the model's, else uniform)
+    dataset: str | None = None  # real images for visualize-d/neighbors/dedup (default: the run's dataset)
+    data_dir: str | None = None  # TFDS data_dir of --dataset (default: the run's)
+    # Outputs and common settings.
+    out: str | None = None  # output path prefix: OUT.png and OUT.npz (default: MODEL_DIR/explore/SUBCOMMAND)
+    seed: int = 0  # seed of every random draw (z, noise, random filters, random D, autoencoder)
+    batch_size: int = 64  # z per generator call
+    bn_samples: int = DEFAULT_BN_SAMPLES  # --model_dir: re-estimate G's BatchNorm from this many z like the export
+    num: int | None = None  # samples: sheet 64, concept-filters 150, ablate 8, neighbors 8, dedup 1000
+    cols: int = 0  # sheet: columns of the grid (0 = square)
+    rows: int = 8  # interpolate: number of z pairs; walk: number of random samples
+    steps: int = 10  # interpolate/walk: points per row, both ends included
+    method: str = "linear"  # interpolate: "linear" (paper) or "spherical" (slerp)
+    sheet: str | None = None  # arithmetic/walk/masks: the sheet .npz the indices refer to (default: sheet's output)
+    a: list[int] | None = None  # arithmetic: sheet indices of concept A's exemplars (paper: 3)
+    b: list[int] | None = None  # arithmetic: sheet indices of concept B's exemplars
+    c: list[int] | None = None  # arithmetic: sheet indices of concept C's exemplars
+    noise: float = 0.25  # arithmetic: Y's 8 neighbours are Y + uniform noise in [-noise, noise] (paper: 0.25)
+    from_: list[int] | None = None  # walk: sheet indices of exemplars without the attribute (paper: 4)
+    to: list[int] | None = None  # walk: sheet indices of exemplars with the attribute (paper: 4)
+    scale: float = 1.0  # walk: the attribute vector is added with weights from 0 to scale
+    masks: str = "synthetic"  # concept-filters: "synthetic" (a synthetic-data run) or an .npz of masks
+    layer: str | None = None  # concept-filters/ablate: generator layer (default: second-highest conv's ReLU)
+    penalty: str = "l1"  # concept-filters: logistic-regression penalty, "l1" (sparse weights) or "l2"
+    C: float = 0.1  # concept-filters: inverse regularisation strength of the logistic regression
+    filters: list[int] | None = None  # ablate: filters to drop (default: those in --concept)
+    concept: str | None = None  # ablate: a concept-filters .npz whose filters to drop (default: its output)
+    features: int = 6  # visualize-d: the first K features of D's last conv layer (paper: 6)
+    top: int = 4  # visualize-d: top-activating real images per feature
+    num_real: int | None = None  # real images searched: visualize-d 1000, neighbors 10000, dedup 10000
+    k: int = 3  # neighbors: nearest training images per sample
+    max_hamming: int = 0  # dedup: codes at most this many bits apart are duplicates (0: equal codes)
+    ae_epochs: int = 20  # dedup: training epochs of the hashing autoencoder
+    bits: int = memorization.HASH_BITS  # dedup: code length (paper: 128)
+
+
+LIST_FIELDS = ("a", "b", "c", "from_", "to", "filters")
+ENUM_FIELDS = {"z_dist": ["uniform", "normal"], "method": ["linear", "spherical"], "penalty": ["l1", "l2"]}
+
+
+def flag_name(field: str) -> str:
+    """The --flag of an Options field (`from_` is --from)."""
+    return field.rstrip("_")
+
+
+class ExploreError(RuntimeError):
+    """A command line that cannot work; the message names the fix."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Helpers shared by the subcommands.
+
+
+def open_generator(opts: Options) -> sources.Generator:
+    """The model named by exactly one of --model_dir, --export_dir, --server."""
+    given = [name for name in ("model_dir", "export_dir", "server") if getattr(opts, name)]
+    if len(given) != 1:
+        raise ExploreError(f"name the model with exactly one of --model_dir, --export_dir, --server (got {given})")
+    if opts.model_dir:
+        return sources.from_model_dir(opts.model_dir, opts.batch_size, opts.bn_samples)
+    if opts.export_dir:
+        return sources.from_export_dir(opts.export_dir, opts.z_dist, opts.batch_size)
+    return sources.from_server(opts.server, opts.nz, opts.z_dist, opts.model_name, opts.batch_size)
+
+
+def out_dir(opts: Options) -> str:
+    """The default output folder: MODEL_DIR/explore for a run, ./explore otherwise."""
+    return os.path.join(opts.model_dir, "explore") if opts.model_dir else "explore"
+
+
+def num_or(opts: Options, default: int) -> int:
+    """--num, or this subcommand's default."""
+    value = opts.num if opts.num is not None else default
+    if value <= 0:
+        raise ExploreError(f"--num={value} must be positive")
+    return value
+
+
+def required(opts: Options, field: str) -> list[int]:
+    """A list option that the subcommand cannot do without."""
+    values = getattr(opts, field)
+    if not values:
+        raise ExploreError(f"--{flag_name(field)}=i,j,k is required (indices from the sheet)")
+    return list(values)
+
+
+def write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
+    """np.savez_compressed atomically (temporary file + rename)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
+        np.savez_compressed(f, **arrays)
+    os.replace(tmp, path)
+
+
+def write_outputs(opts: Options, subcommand: str, figure: np.ndarray, arrays: dict[str, np.ndarray],
+                  gen: sources.Generator) -> dict:
+    """Write OUT.png and OUT.npz (recording the subcommand, seed and model); their paths."""
+    prefix = opts.out or os.path.join(out_dir(opts), subcommand)
+    arrays = dict(arrays, subcommand=np.str_(subcommand), seed=np.int64(opts.seed), source=np.str_(gen.description))
+    write_png(prefix + ".png", figure)
+    write_npz(prefix + ".npz", arrays)
+    return {"png": prefix + ".png", "npz": prefix + ".npz"}
+
+
+def load_sheet(opts: Options, gen: sources.Generator) -> np.ndarray:
+    """The z [N, nz] of the sheet that exemplar indices refer to."""
+    path = opts.sheet or os.path.join(out_dir(opts), "sheet.npz")
+    if not os.path.exists(path):
+        raise ExploreError(f"no sheet at {path}: run `python -m dcgan_tf.explore sheet` with the same model first, "
+                           "or pass --sheet=PATH.npz")
+    z = np.load(path)["z"]
+    if z.shape[1] != gen.nz:
+        raise ExploreError(f"the sheet {path} has z of size {z.shape[1]} but the model takes {gen.nz}: "
+                           "make a sheet with this model")
+    return z
+
+
+def real_images(opts: Options, gen: sources.Generator, num: int, shape: tuple[int, ...]) -> np.ndarray:
+    """The first `num` training images (file order) in [-1, 1], of the run's dataset or --dataset at `shape`."""
+    config = gen.config
+    if config is None:
+        if not opts.dataset:
+            raise ExploreError(f"{gen.description} does not say which data it was trained on: pass --dataset "
+                               "(and --data_dir) or use --model_dir")
+        config = Config(dataset=opts.dataset, image_size=shape[-2], channels=shape[-1])
+    overrides = {k: getattr(opts, k) for k in ("dataset", "data_dir") if getattr(opts, k)}
+    return load_real_images(config.replace(**overrides), num, download=False)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Subcommands: each writes its outputs and returns a JSON-able summary (paths and headline numbers).
+
+
+def cmd_sheet(opts: Options, gen: sources.Generator) -> dict:
+    """Numbered samples with their z."""
+    result = latent.run_sheet(gen.generate, gen.nz, num_or(opts, 64), opts.seed, gen.z_dist)
+    return write_outputs(opts, "sheet", figures.sheet_figure(result, opts.cols or None), result, gen)
+
+
+def cmd_interpolate(opts: Options, gen: sources.Generator) -> dict:
+    """Walks between random pairs of z."""
+    result = latent.run_interpolate(gen.generate, gen.nz, opts.rows, opts.steps, opts.seed, gen.z_dist,
+                                    opts.method)
+    return write_outputs(opts, "interpolate", figures.interpolation_figure(result), result, gen)
+
+
+def cmd_arithmetic(opts: Options, gen: sources.Generator) -> dict:
+    """Y = A - B + C on exemplar means."""
+    a, b, c = required(opts, "a"), required(opts, "b"), required(opts, "c")
+    z = load_sheet(opts, gen)
+    result = latent.run_arithmetic(gen.generate, z, gen.generate(z), a, b, c, opts.noise, opts.seed)
+    return write_outputs(opts, "arithmetic", figures.arithmetic_figure(result), result, gen)
+
+
+def cmd_walk(opts: Options, gen: sources.Generator) -> dict:
+    """An attribute vector added in steps to random samples."""
+    source, target = required(opts, "from_"), required(opts, "to")
+    z = load_sheet(opts, gen)
+    result = latent.run_walk(gen.generate, z, source, target, opts.rows, opts.steps, opts.seed, gen.z_dist,
+                             opts.scale)
+    return write_outputs(opts, "walk", figures.walk_figure(result), result, gen)
+
+
+def concept_samples(opts: Options, gen: sources.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(z, masks) of the concept: synthetic shape masks of sheet samples, or a person's mask file."""
+    if opts.masks == "synthetic":
+        if gen.config is None or gen.config.dataset != "synthetic":
+            raise ExploreError("--masks=synthetic needs a run trained on --dataset=synthetic; for other data make "
+                               "an .npz with masks [N,S,S] (bool) and indices [N] into a sheet, pass --masks=FILE")
+        z = latent.sample_z(num_or(opts, 150), gen.nz, opts.seed, gen.z_dist, latent.STREAM_SHEET)
+        return z, ablation.synthetic_masks(gen.generate(z))
+    if not os.path.exists(opts.masks):
+        raise ExploreError(f"--masks={opts.masks}: no such file (use 'synthetic' or an .npz)")
+    data = np.load(opts.masks)
+    if "masks" not in data or not ("z" in data or "indices" in data):
+        raise ExploreError(f"{opts.masks} needs 'masks' [N,S,S] and either 'z' [N,nz] or 'indices' [N] into "
+                           f"the sheet; it has {sorted(data.keys())}")
+    z = data["z"] if "z" in data else load_sheet(opts, gen)[data["indices"]]
+    masks = data["masks"].astype(bool)
+    if masks.ndim == 4 and masks.shape[-1] == 1:  # [N, S, S, 1], as images are stored
+        masks = masks[..., 0]
+    if masks.ndim != 3 or len(masks) != len(z):
+        raise ExploreError(f"{opts.masks}: masks {masks.shape} must be [N, S, S] with one mask per z ({len(z)})")
+    return z.astype(np.float32), masks
+
+
+def cmd_concept_filters(opts: Options, gen: sources.Generator) -> dict:
+    """Fit the filters of a masked concept."""
+    generator, _ = gen.require_networks("concept-filters")
+    z, masks = concept_samples(opts, gen)
+    result = ablation.run_concept_filters(generator, z, masks, opts.layer, opts.penalty, opts.C, opts.seed)
+    paths = write_outputs(opts, "concept-filters", figures.concept_figure(result), result, gen)
+    return dict(paths, filters=result["filters"].tolist(), balanced_accuracy=float(result["balanced_accuracy"]))
+
+
+def cmd_ablate(opts: Options, gen: sources.Generator) -> dict:
+    """Samples with chosen filters dropped."""
+    generator, _ = gen.require_networks("ablate")
+    filters, layer = list(opts.filters or []), opts.layer
+    if not filters:
+        path = opts.concept or os.path.join(out_dir(opts), "concept-filters.npz")
+        if not os.path.exists(path):
+            raise ExploreError(f"say which filters to drop: --filters=i,j,... or --concept=FILE.npz from "
+                               f"concept-filters (none at {path})")
+        concept = np.load(path)
+        filters, layer = concept["filters"].tolist(), layer or str(concept["layer"])
+    z = latent.sample_z(num_or(opts, 8), gen.nz, opts.seed, gen.z_dist, latent.STREAM_ABLATE)
+    result = ablation.run_ablation(generator, z, filters, layer, opts.seed)
+    summary = {"filters": filters, "change": float(result["change"]), "change_control": float(result["change_control"])}
+    if gen.config is not None and gen.config.dataset == "synthetic":  # the shapes can be measured: how much is left
+        for key in ("before", "after", "control"):
+            result[f"foreground_{key}"] = np.float32(ablation.synthetic_masks(result[f"images_{key}"]).mean())
+            summary[f"foreground_{key}"] = round(float(result[f"foreground_{key}"]), 4)
+    return dict(write_outputs(opts, "ablate", figures.ablation_figure(result), result, gen), **summary)
+
+
+def cmd_visualize_d(opts: Options, gen: sources.Generator) -> dict:
+    """Guided backprop of D's features, trained vs random."""
+    _, discriminator = gen.require_networks("visualize-d")
+    images = real_images(opts, gen, opts.num_real or 1000, ())
+    random_d = dviz.random_discriminator(gen.config, opts.seed)
+    result = dviz.run_visualize_d(discriminator, random_d, images, opts.features, opts.top)
+    return write_outputs(opts, "visualize-d", figures.dviz_figure(result), result, gen)
+
+
+def cmd_neighbors(opts: Options, gen: sources.Generator) -> dict:
+    """Nearest training images of samples."""
+    z = latent.sample_z(num_or(opts, 8), gen.nz, opts.seed, gen.z_dist, latent.STREAM_MEMORIZATION)
+    samples = gen.generate(z)
+    train = real_images(opts, gen, opts.num_real or 10000, samples.shape)
+    discriminator = gen.networks[1] if gen.networks else None
+    if discriminator is None:
+        logging.info("No discriminator with %s: nearest neighbours in pixel space only.", gen.description)
+    result = memorization.run_neighbors(samples, train, opts.k, discriminator)
+    result["z"] = z
+    paths = write_outputs(opts, "neighbors", figures.neighbors_figure(result), result, gen)
+    return dict(paths, nearest_pixel_distances=[round(float(d), 4) for d in result["pixel_distances"][:, 0]])
+
+
+def cmd_dedup(opts: Options, gen: sources.Generator) -> dict:
+    """Semantic-hashing near-duplicate counts."""
+    z = latent.sample_z(num_or(opts, 1000), gen.nz, opts.seed, gen.z_dist, latent.STREAM_MEMORIZATION)
+    samples = to_uint8(gen.generate(z))
+    train = to_uint8(real_images(opts, gen, opts.num_real or 10000, samples.shape))  # exact: data was uint8
+    result = memorization.run_dedup(samples, train, opts.max_hamming, opts.ae_epochs, opts.bits, opts.seed)
+    paths = write_outputs(opts, "dedup", figures.dedup_figure(result, samples, train), result, gen)
+    keys = ("samples_matching_train", "num_samples", "num_train", "train_images_in_duplicates",
+            "distinct_train_codes", "distinct_sample_codes", "dead_bits", "autoencoder_loss")
+    return dict(paths, train_duplicate_pairs=len(result["train_duplicate_pairs"]),
+                sample_duplicate_pairs=len(result["sample_duplicate_pairs"]),
+                **{k: result[k].item() for k in keys})
+
+
+SUBCOMMANDS: dict[str, Callable[[Options, sources.Generator], dict]] = {
+    "sheet": cmd_sheet,
+    "interpolate": cmd_interpolate,
+    "arithmetic": cmd_arithmetic,
+    "walk": cmd_walk,
+    "concept-filters": cmd_concept_filters,
+    "ablate": cmd_ablate,
+    "visualize-d": cmd_visualize_d,
+    "neighbors": cmd_neighbors,
+    "dedup": cmd_dedup,
+}
+
+
+def run(subcommand: str, opts: Options) -> dict:
+    """Run one subcommand; its summary (output paths and headline numbers)."""
+    if subcommand not in SUBCOMMANDS:
+        raise ExploreError(f"unknown subcommand {subcommand!r}; use one of {', '.join(SUBCOMMANDS)}")
+    for name, choices in ENUM_FIELDS.items():
+        if getattr(opts, name) is not None and getattr(opts, name) not in choices:
+            raise ExploreError(f"--{name}={getattr(opts, name)!r} must be one of {choices}")
+    keras.utils.set_random_seed(opts.seed)  # anything not drawn from an explicit stateless seed
+    return SUBCOMMANDS[subcommand](opts, open_generator(opts))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Command line: one flag per Options field, its help text the field's comment above.
+
+
+def field_help() -> dict[str, str]:
+    """Each Options field's trailing comment, used as its flag's help."""
+    import inspect
+
+    return dict(re.findall(r"^\s+(\w+): [^=]+= .*?#\s*(.*)$", inspect.getsource(Options), flags=re.MULTILINE))
+
+
+def define_flags() -> None:
+    """Define one absl flag per Options field."""
+    helps = field_help()
+    for field in dataclasses.fields(Options):
+        name, default, text = flag_name(field.name), field.default, helps.get(field.name, field.name)
+        if field.name in LIST_FIELDS:
+            flags.DEFINE_list(name, None, text)
+        elif field.name in ENUM_FIELDS:
+            flags.DEFINE_enum(name, default, ENUM_FIELDS[field.name], text)
+        elif isinstance(default, float):
+            flags.DEFINE_float(name, default, text)
+        elif isinstance(default, int) or field.type in ("int | None",):
+            flags.DEFINE_integer(name, default, text)
+        else:
+            flags.DEFINE_string(name, default, text)
+
+
+def options_from_flags() -> Options:
+    """The Options given on the command line (list flags parsed as integers)."""
+    values = {}
+    for field in dataclasses.fields(Options):
+        name = flag_name(field.name)
+        value = flags.FLAGS[name].value
+        if field.name in LIST_FIELDS and value is not None:
+            try:
+                value = [int(v) for v in value]
+            except ValueError:
+                raise ExploreError(f"--{name}={','.join(value)} must be comma-separated integers") from None
+        values[field.name] = value
+    return Options(**values)
+
+
+def main(argv: list[str]) -> None:
+    """CLI entry point: argv[1] is the subcommand."""
+    if len(argv) != 2:
+        raise app.UsageError(f"give one subcommand ({', '.join(SUBCOMMANDS)}) and --flags; got {argv[1:]}")
+    try:
+        summary = run(argv[1], options_from_flags())
+    except (ExploreError, sources.SourceError, checkpointing.CheckpointError, input_pipeline.DatasetError,
+            ConfigError, ValueError) as e:
+        logging.error("%s", e)
+        sys.exit(f"error: {e}")
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
