@@ -1,0 +1,321 @@
+"""Speed measurements of dcgan_tf, one JSON line per measurement with its settings.
+
+    python -m dcgan_tf.bench train --image_size=64 --ngf=64 --ndf=64 --batch_size=64 [--dataset=random]
+    python -m dcgan_tf.bench train --dataset=fashion_mnist --data_dir=../shared/tfds --image_size=32 --channels=1
+    python -m dcgan_tf.bench input --dataset=folder:/path/to/pngs --image_size=64 --batch_size=64
+    python -m dcgan_tf.bench sample --image_size=64 --ngf=64 [--model_dir=runs/x] [--grpc]
+    python -m dcgan_tf.bench flops --image_size=64 --ngf=64 --ndf=64 --batch_size=64
+
+Every rate is the median of several timed windows after warm-up (tracing, XLA compilation and thread-pool
+start excluded). `train` also reports CPU seconds per step (this process's user+system time), which stays
+meaningful when other processes share the machine, and the achieved GFLOP/s against the machine's own
+measured matmul rate (see dcgan_tf/flops.py for what is counted).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from typing import Any, Callable, Iterator
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import app, flags, logging
+
+from dcgan_tf import flops as flops_lib
+from dcgan_tf import input_pipeline
+from dcgan_tf.config import Config, validate
+from dcgan_tf.models import build_discriminator, build_gan, build_generator
+
+RANDOM = "random"  # --dataset value: one fixed random batch, so only the train step is measured
+COMMANDS = ("train", "input", "sample", "flops")
+
+
+def machine() -> dict[str, Any]:
+    """A short description of where the numbers were taken (CPU, cores, load, TF version, GPUs)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpus = [tf.config.experimental.get_device_details(d).get("device_name", d.name)
+            for d in tf.config.list_physical_devices("GPU")]
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpus": gpus, "load_1min": round(os.getloadavg()[0], 2),
+            "tensorflow": tf.__version__, "keras": keras.__version__,
+            "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def timed_windows(run: Callable[[], Any], windows: int, warmup: int = 1) -> tuple[list[float], list[float]]:
+    """Call `run` warmup times untimed, then `windows` times: (wall seconds, this process's CPU seconds)."""
+    for _ in range(warmup):
+        run()
+    walls, cpus = [], []
+    for _ in range(windows):
+        wall, cpu = time.perf_counter(), time.process_time()
+        run()
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    return walls, cpus
+
+
+def _with_precision(config: Config, build: Callable[[], Any]) -> Any:
+    """Build networks under the config's mixed-precision policy (as train.py does), then restore float32."""
+    from dcgan_tf.train import set_precision  # one mapping of the flag to a Keras policy, owned by train.py
+
+    set_precision(config)
+    try:
+        return build()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def _channels(config: Config) -> Config:
+    """The config with a concrete channel count (3 for random data, else the dataset's own)."""
+    if config.dataset == RANDOM:
+        return config.replace(channels=config.channels or 3)
+    return input_pipeline.resolve_channels(config, download=False)
+
+
+def train_batches(config: Config) -> tf.data.Dataset:
+    """Batches for the train benchmark: one fixed random batch repeated, or the real input pipeline."""
+    if config.dataset == RANDOM:
+        shape = [config.batch_size, config.image_size, config.image_size, config.channels]
+        real = tf.random.stateless_uniform(shape, seed=[config.seed, 1], minval=-1.0, maxval=1.0)
+        return tf.data.Dataset.from_tensors(real).repeat().prefetch(2)
+    return input_pipeline.make_dataset(config)
+
+
+def bench_train(
+    config: Config,
+    windows: int = 5,
+    steps_per_window: int = 3,
+    warmup_steps: int = 2,
+    steps_per_execution: int = 1,
+    matmul_gflops: float | None = None,
+) -> dict[str, Any]:
+    """Training images/s of fit()'s own train function (the step, plus the input pipeline unless random)."""
+    config = _channels(config)
+    gan = _with_precision(config, lambda: build_gan(config))
+    if steps_per_execution > 1:
+        # Keras reads it when it builds the train function: that many steps per call, in one tf.function.
+        gan.steps_per_execution = steps_per_execution
+    if steps_per_window % steps_per_execution:
+        raise ValueError(f"steps_per_window={steps_per_window} must be a multiple of "
+                         f"steps_per_execution={steps_per_execution}")
+    gan.make_train_function()  # the function fit() calls: steps_per_execution steps, XLA if jit_compile
+    train_function = gan.train_function
+    iterator = iter(train_batches(config))
+
+    def run_window(steps: int) -> None:
+        for _ in range(steps // steps_per_execution):
+            logs = train_function(iterator)
+        float(logs["d_loss"])  # wait for the device: the step is asynchronous until a value is read
+
+    start = time.perf_counter()
+    run_window(max(warmup_steps, steps_per_execution))  # tracing, XLA compilation, first-call allocations
+    warmup_s = time.perf_counter() - start
+    walls, cpus = timed_windows(lambda: run_window(steps_per_window), windows, warmup=0)
+    step_s = statistics.median(walls) / steps_per_window
+    step_flops = flops_lib.train_step_flops(gan.generator, gan.discriminator, config.batch_size)
+    result = {
+        "bench": "train", **_settings(config), "steps_per_execution": steps_per_execution,
+        "img_per_s": round(config.batch_size / step_s, 2), "ms_per_step": round(step_s * 1e3, 1),
+        "cpu_s_per_step": round(statistics.median(cpus) / steps_per_window, 3),
+        "window_img_per_s": [round(config.batch_size * steps_per_window / w, 2) for w in walls],
+        "warmup_s": round(warmup_s, 1), "gflop_per_step": round(step_flops.per_step / 1e9, 2),
+        "achieved_gflop_per_s": round(step_flops.per_step / step_s / 1e9, 1),
+    }
+    if matmul_gflops:
+        result["matmul_gflop_per_s"] = round(matmul_gflops, 1)
+        result["fraction_of_matmul"] = round(result["achieved_gflop_per_s"] / matmul_gflops, 3)
+    return result
+
+
+def bench_input(config: Config, windows: int = 5, batches_per_window: int = 20) -> dict[str, Any]:
+    """Images/s of the input pipeline alone (decode, cache, shuffle, batch, prefetch)."""
+    config = _channels(config)
+    if config.dataset == RANDOM:
+        raise ValueError("the input benchmark needs a real dataset: --dataset=synthetic, folder:PATH or a TFDS name")
+    iterator = iter(input_pipeline.make_dataset(config))
+
+    def run_window() -> None:
+        for _ in range(batches_per_window):
+            next(iterator)
+
+    start = time.perf_counter()
+    run_window()  # fills the cache on the first pass for small datasets; excluded like any warm-up
+    warmup_s = time.perf_counter() - start
+    walls, _ = timed_windows(run_window, windows, warmup=0)
+    images = config.batch_size * batches_per_window
+    return {"bench": "input", **_settings(config), "img_per_s": round(images / statistics.median(walls), 1),
+            "window_img_per_s": [round(images / w, 1) for w in walls], "warmup_s": round(warmup_s, 1)}
+
+
+def _latency_stats(call: Callable[[], Any], repeats: int) -> dict[str, float]:
+    """p50/p99 latency in ms over `repeats` calls after one warm-up."""
+    walls, _ = timed_windows(call, repeats, warmup=2)
+    ms = np.array(walls) * 1e3
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2)}
+
+
+def _throughput(call: Callable[[], Any], batch: int, windows: int) -> float:
+    """Images/s of `call` producing `batch` images (median of windows)."""
+    walls, _ = timed_windows(call, windows, warmup=1)
+    return round(batch / statistics.median(walls), 1)
+
+
+def sample_generator(config: Config, model_dir: str | None) -> tuple[Config, keras.Model]:
+    """The generator of a training run, or a freshly initialised one (speed does not depend on the weights)."""
+    if model_dir:
+        from dcgan_tf import checkpointing  # imported here: only this path needs a checkpoint
+
+        run_config, gan = checkpointing.load_run(model_dir)
+        return run_config, gan.generator
+    config = config.replace(channels=config.channels or 3)
+    return config, build_generator(config)
+
+
+def bench_sample(config: Config, model_dir: str | None = None, grpc: bool = False, repeats: int = 50,
+                 batch: int = 64, windows: int = 5) -> list[dict[str, Any]]:
+    """Generator latency (batch 1, p50/p99) and throughput (batch `batch`) in-process, from the SavedModel,
+    and (with grpc=True) through serving/local_server.py's gRPC PredictionService."""
+    from dcgan_tf import export  # imported here: the train/input benchmarks need no serving stack
+
+    config, generator = sample_generator(config, model_dir)
+    z1 = np.random.default_rng(0).uniform(-1, 1, [1, config.nz]).astype(np.float32)
+    zb = np.random.default_rng(1).uniform(-1, 1, [batch, config.nz]).astype(np.float32)
+    settings = {"bench": "sample", "image_size": config.image_size, "ngf": config.ngf, "nz": config.nz,
+                "channels": config.channels, "batch": batch, "machine": machine()}
+    results = []
+    in_process = tf.function(lambda z: generator(z, training=False))
+    results.append({**settings, "path": "in_process",
+                    **_latency_stats(lambda: in_process(z1).numpy(), repeats),
+                    "img_per_s": _throughput(lambda: in_process(zb).numpy(), batch, windows)})
+    with tempfile.TemporaryDirectory() as base:
+        version_dir = export.export_generator(generator, config, base, version=1)
+        serve = tf.saved_model.load(version_dir).signatures["serving_default"]
+        results.append({**settings, "path": "saved_model",
+                        **_latency_stats(lambda: serve(z=tf.constant(z1))["images"].numpy(), repeats),
+                        "img_per_s": _throughput(lambda: serve(z=tf.constant(zb))["images"].numpy(), batch,
+                                                 windows)})
+        if grpc:
+            results.append({**settings, "path": "grpc_local_server",
+                            **_bench_grpc(base, z1, zb, batch, repeats, windows)})
+    return results
+
+
+def _bench_grpc(base: str, z1: np.ndarray, zb: np.ndarray, batch: int, repeats: int, windows: int
+                ) -> dict[str, float]:
+    """Predict over gRPC on localhost through serving/local_server.py (tensorflow_model_server cannot run here)."""
+    from serving import client, local_server
+
+    model = local_server.ServedModel(client.DEFAULT_MODEL, base)
+    core = local_server.ModelServer([model])
+    core.poll_all()  # loads and warms up version 1
+    server, port = local_server.start_grpc_server(core, "127.0.0.1", 0, threads=4, max_message_mb=64)
+    try:
+        stub = client.make_stub(f"127.0.0.1:{port}", max_message_mb=64)
+        stats = _latency_stats(lambda: client.generate(stub, z1), repeats)
+        return {**stats, "img_per_s": _throughput(lambda: client.generate(stub, zb), batch, windows)}
+    finally:
+        server.stop(grace=None)
+
+
+def bench_flops(config: Config, matmul_gflops: float | None = None) -> dict[str, Any]:
+    """Analytic FLOPs of G, D and one train step, and the machine's measured matmul rate."""
+    config = config.replace(channels=config.channels or 3)
+    g, d = build_generator(config), build_discriminator(config)
+    step = flops_lib.train_step_flops(g, d, config.batch_size)
+    result = {"bench": "flops", **_settings(config), "g_forward_mflop_per_image": round(step.g_forward / 1e6, 2),
+              "d_forward_mflop_per_image": round(step.d_forward / 1e6, 2),
+              "step_gflop_per_image": round(step.per_example / 1e9, 4),
+              "step_gflop_per_batch": round(step.per_step / 1e9, 2)}
+    if matmul_gflops:
+        result["matmul_gflop_per_s"] = round(matmul_gflops, 1)
+        # The step rate this machine could reach if every FLOP ran at the matmul rate.
+        result["img_per_s_at_matmul_rate"] = round(matmul_gflops * 1e9 / step.per_example, 1)
+    return result
+
+
+def _settings(config: Config) -> dict[str, Any]:
+    """The settings that define a measurement, for its JSON line."""
+    keys = ("dataset", "image_size", "channels", "ngf", "ndf", "nz", "batch_size", "jit_compile", "mixed_precision")
+    return {**{k: getattr(config, k) for k in keys}, "machine": machine()}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Command line.
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The benchmark CLI's flags (model/data settings mirror dcgan_tf.train's)."""
+    defaults = Config()
+    flags.DEFINE_string("dataset", RANDOM, "'random' (the step alone), 'synthetic', 'folder:PATH' or a TFDS name.")
+    flags.DEFINE_string("data_dir", None, "TFDS data_dir.")
+    flags.DEFINE_integer("image_size", defaults.image_size, "Image size (power of two >= 16).")
+    flags.DEFINE_integer("channels", 0, "0 = the dataset's own (3 for random data).")
+    flags.DEFINE_integer("ngf", defaults.ngf, "Generator width.")
+    flags.DEFINE_integer("ndf", defaults.ndf, "Discriminator width.")
+    flags.DEFINE_integer("nz", defaults.nz, "Latent size.")
+    flags.DEFINE_integer("batch_size", defaults.batch_size, "Global batch size.")
+    flags.DEFINE_boolean("jit_compile", defaults.jit_compile, "XLA-compile the train step.")
+    flags.DEFINE_enum("mixed_precision", "none", ["none", "bfloat16", "float16"], "Compute dtype.")
+    flags.DEFINE_integer("steps_per_execution", 1, "Train steps per call of the train function.")
+    flags.DEFINE_integer("windows", 5, "Timed windows (the median is reported).")
+    flags.DEFINE_integer("steps_per_window", 3, "Train steps (or 20x input batches) per timed window.")
+    flags.DEFINE_integer("warmup_steps", 2, "Untimed steps first (tracing, XLA compilation).")
+    flags.DEFINE_boolean("matmul", True, "Also measure the machine's float32 matmul rate (a few seconds).")
+    flags.DEFINE_string("model_dir", None, "sample: a training run whose generator to time (default: fresh init).")
+    flags.DEFINE_boolean("grpc", True, "sample: also time Predict over gRPC through serving/local_server.py.")
+    flags.DEFINE_integer("repeats", 50, "sample: batch-1 calls for the latency percentiles.")
+
+
+def config_from_flags() -> Config:
+    """A validated Config from the flags (one step, so validate() accepts it)."""
+    config = Config(dataset=FLAGS.dataset if FLAGS.dataset != RANDOM else "synthetic", data_dir=FLAGS.data_dir,
+                    image_size=FLAGS.image_size, channels=FLAGS.channels, ngf=FLAGS.ngf, ndf=FLAGS.ndf,
+                    nz=FLAGS.nz, batch_size=FLAGS.batch_size, jit_compile=FLAGS.jit_compile,
+                    mixed_precision=FLAGS.mixed_precision, train_steps=1)
+    validate(config)  # clear errors for bad sizes/names before any heavy work
+    return config.replace(dataset=FLAGS.dataset)
+
+
+def run_command(command: str, config: Config) -> Iterator[dict[str, Any]]:
+    """The measurements of one CLI command."""
+    matmul = flops_lib.measure_matmul_gflops() if FLAGS.matmul and command in ("train", "flops") else None
+    if command == "train":
+        yield bench_train(config, FLAGS.windows, FLAGS.steps_per_window, FLAGS.warmup_steps,
+                          FLAGS.steps_per_execution, matmul)
+    elif command == "input":
+        yield bench_input(config, FLAGS.windows, FLAGS.steps_per_window * 20)
+    elif command == "sample":
+        yield from bench_sample(config, FLAGS.model_dir, FLAGS.grpc, FLAGS.repeats, FLAGS.batch_size, FLAGS.windows)
+    else:
+        yield bench_flops(config, matmul)
+
+
+def main(argv: list[str]) -> None:
+    """CLI entry point: `python -m dcgan_tf.bench COMMAND --flags`, one JSON line per measurement."""
+    if len(argv) != 2 or argv[1] not in COMMANDS:
+        raise app.UsageError(f"usage: python -m dcgan_tf.bench {{{'|'.join(COMMANDS)}}} [--flags]; got {argv[1:]}")
+    try:
+        config = config_from_flags()
+        for result in run_command(argv[1], config):
+            print(json.dumps(result), flush=True)
+    except (ValueError, input_pipeline.DatasetError) as e:  # ConfigError is a ValueError
+        logging.error("%s", e)
+        raise SystemExit(1) from e
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

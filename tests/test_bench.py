@@ -1,0 +1,62 @@
+"""The benchmark CLI and the analytic FLOP counter."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import pytest
+
+from dcgan_tf import bench, flops
+from dcgan_tf.config import Config
+
+TINY = Config(dataset="random", image_size=16, channels=1, ngf=8, ndf=8, nz=16, batch_size=8, train_steps=1)
+
+
+def test_flops_of_a_tiny_conv_and_transposed_conv_match_hand_counts():
+    conv = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(2, 4, strides=2, padding="same")])
+    # 4x4 outputs x 2 channels, each a 4x4x3 window: 16 * 2 * 48 multiply-adds = 3072 FLOPs.
+    assert flops.forward_flops(conv) == 2 * (4 * 4) * 2 * (4 * 4 * 3)
+    deconv = keras.Sequential([keras.Input((4, 4, 2)), keras.layers.Conv2DTranspose(3, 4, strides=2, padding="same")])
+    # Every one of the 4x4x2 inputs meets the whole 4x4x3 kernel slice: the same 3072 FLOPs.
+    assert flops.forward_flops(deconv) == 2 * (4 * 4 * 2) * (4 * 4 * 3)
+    dense = keras.Sequential([keras.Input((10,)), keras.layers.Dense(7)])
+    assert flops.forward_flops(dense) == 2 * 10 * 7
+
+
+def test_train_step_flops_count_every_pass_of_the_update():
+    g = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4)])  # 40 FLOPs
+    d = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.Dense(1)])  # 24 + 6 = 30
+    step = flops.train_step_flops(g, d, batch_size=2)
+    # D update: 2 x (fwd 30 + weight grads 30 + input grads 30 - 24); G update: D fwd + input grads (60),
+    # G fwd + weight grads (80), no input grads into z.
+    assert step.per_example == 2 * (30 + 30 + 6) + 60 + 80
+    assert step.per_step == 2 * step.per_example
+
+
+def test_train_benchmark_reports_its_settings_and_a_positive_rate():
+    result = bench.bench_train(TINY, windows=2, steps_per_window=1, warmup_steps=1, matmul_gflops=100.0)
+    assert result["bench"] == "train" and result["dataset"] == "random"
+    assert (result["image_size"], result["ngf"], result["ndf"], result["batch_size"]) == (16, 8, 8, 8)
+    assert result["img_per_s"] > 0 and len(result["window_img_per_s"]) == 2
+    assert result["gflop_per_step"] > 0 and 0 < result["fraction_of_matmul"]
+    assert result["machine"]["cores"] >= 1
+
+
+def test_input_benchmark_measures_the_real_pipeline():
+    result = bench.bench_input(TINY.replace(dataset="synthetic"), windows=2, batches_per_window=2)
+    assert result["bench"] == "input" and result["dataset"] == "synthetic" and result["img_per_s"] > 0
+    with pytest.raises(ValueError, match="needs a real dataset"):
+        bench.bench_input(TINY)
+
+
+@pytest.mark.slow
+def test_cli_prints_one_json_line_per_measurement():
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    out = subprocess.run(
+        [sys.executable, "-m", "dcgan_tf.bench", "flops", "--image_size=16", "--ngf=8", "--ndf=8", "--batch_size=4",
+         "--matmul=false"], capture_output=True, text=True, env=env, check=True, timeout=120).stdout
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert len(lines) == 1 and lines[0]["bench"] == "flops" and lines[0]["step_gflop_per_batch"] > 0
+    assert (lines[0]["image_size"], lines[0]["ngf"], lines[0]["batch_size"]) == (16, 8, 4)
