@@ -1,12 +1,16 @@
-"""Keras callbacks: TensorBoard scalars, fixed-z sample grids, checkpoints, a closing summary line.
+"""Keras callbacks: TensorBoard scalars, fixed-z sample grids, checkpoints, a closing summary line, and the
+fault-tolerance pieces: a divergence guard and a graceful stop on SIGTERM/SIGINT.
 
 Each one counts global steps (the model's step counter at the start of fit plus the batch index), so logs,
-grids and checkpoints line up across resumed runs.
+grids and checkpoints line up across resumed runs. They drive `fit()` and the custom multi-worker loop alike.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import signal
+import threading
 import time
 
 import keras
@@ -14,7 +18,15 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from dcgan_tf import checkpointing
 from dcgan_tf import images as images_lib
+
+DIVERGENCE_FIXES = ("Lower --learning_rate, use --mixed_precision=none if it is float16, check the input images "
+                    "for NaN/inf, then re-run the same command to resume from the last good checkpoint")
+
+
+class DivergenceError(RuntimeError):
+    """Training produced a non-finite loss or weights; the message names the step and the last good checkpoint."""
 
 
 class StepCallback(keras.callbacks.Callback):
@@ -95,20 +107,115 @@ class SampleGrid(StepCallback):
 
 
 class CheckpointSaver(StepCallback):
-    """Saves a checkpoint every `every` steps and at the end of training."""
+    """Saves a checkpoint every `every` steps and at the end of training, never one with non-finite weights.
 
-    def __init__(self, manager: tf.train.CheckpointManager, every: int):
+    `before_save` runs first on every worker (e.g. distribute.make_replica_averager for BatchNorm statistics).
+    """
+
+    def __init__(self, manager: tf.train.CheckpointManager, every: int, before_save=None):
         super().__init__(every)
         self.manager = manager
+        self.before_save = before_save
         self.last_saved = -1
 
     def on_step(self, step: int, logs: dict) -> None:
-        self.manager.save(checkpoint_number=step)
+        if self.before_save is not None:
+            self.before_save()
+        bad = non_finite_variables(self.model)
+        if bad:
+            raise DivergenceError(
+                f"training diverged by step {step}: {len(bad)} weight tensor(s) are not finite ({', '.join(bad[:3])}"
+                f"{', ...' if len(bad) > 3 else ''}). Not saving them: {checkpointing.describe_latest(self.manager)}. "
+                f"{DIVERGENCE_FIXES}.")
+        checkpointing.save_checkpoint(self.manager, step)
         self.last_saved = step
 
-    def on_train_end(self, logs=None):
+    def save_now(self) -> None:
+        """Save at the current step unless that step is already saved (used when stopping early)."""
         if self.step != self.last_saved and self.step > self.start_step:
             self.on_step(self.step, {})
+
+    def on_train_end(self, logs=None):
+        self.save_now()
+
+
+def non_finite_variables(gan: keras.Model) -> list[str]:
+    """Names of the checkpointed float variables (networks and optimizers) holding a NaN or an infinity."""
+    variables = gan.generator.weights + gan.discriminator.weights
+    variables += gan.d_optimizer.variables + gan.g_optimizer.variables
+    floats = [v for v in variables if tf.as_dtype(v.dtype).is_floating]  # Keras 3: dtype is a str
+    finite = tf.stack([tf.reduce_all(tf.math.is_finite(v)) for v in floats]).numpy()
+    return [v.path if hasattr(v, "path") else v.name for v, ok in zip(floats, finite) if not ok]
+
+
+class DivergenceGuard(StepCallback):
+    """Stops training with DivergenceError at the first step whose logged loss is NaN or infinite.
+
+    It must come first in the callback list so that nothing (grids, checkpoints) is written for that step.
+    """
+
+    def __init__(self, manager: tf.train.CheckpointManager, names: tuple[str, ...] = ("d_loss", "g_loss")):
+        super().__init__(every=1)
+        self.manager = manager
+        self.names = names
+
+    def on_step(self, step: int, logs: dict) -> None:
+        values = {name: float(logs[name]) for name in self.names if name in logs}
+        bad = {name: value for name, value in values.items() if not math.isfinite(value)}
+        if bad:
+            shown = ", ".join(f"{name}={value}" for name, value in bad.items())
+            raise DivergenceError(f"training diverged at step {step}: {shown}. Stopped without saving: "
+                                  f"{checkpointing.describe_latest(self.manager)}. {DIVERGENCE_FIXES}.")
+
+
+class StopSignal:
+    """Context manager: the first SIGTERM or SIGINT asks training to stop after the current step.
+
+    Clusters send SIGTERM before preempting a job. The handler only records the signal (the step in flight
+    finishes, then a checkpoint is saved); a second signal of the same kind gets the previous behaviour at once.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.received: str | None = None
+        self.previous: dict[int, object] = {}
+
+    def __enter__(self) -> "StopSignal":
+        if threading.current_thread() is not threading.main_thread():
+            logging.warning("Not in the main thread: SIGTERM/SIGINT will not stop training gracefully.")
+            return self
+        for sig in self.SIGNALS:
+            self.previous[sig] = signal.signal(sig, self.handle)
+        return self
+
+    def handle(self, signum: int, frame) -> None:
+        """Signal handler: remember the first signal; on a repeat restore the old handler and re-deliver."""
+        if self.received is None:
+            self.received = signal.Signals(signum).name
+            return
+        signal.signal(signum, self.previous.get(signum) or signal.SIG_DFL)
+        signal.raise_signal(signum)
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        self.previous.clear()
+
+
+class GracefulStop(StepCallback):
+    """Ends fit() after the step during which a StopSignal arrived; CheckpointSaver then saves that step."""
+
+    def __init__(self, stop: StopSignal):
+        super().__init__(every=1)
+        self.stop = stop
+        self.stopped_at: int | None = None
+
+    def on_step(self, step: int, logs: dict) -> None:
+        if self.stop.received and self.stopped_at is None:
+            logging.warning("%s received: stopping after step %d and saving a checkpoint.", self.stop.received, step)
+            self.model.stop_training = True
+            self.stopped_at = step
 
 
 class Summary(StepCallback):

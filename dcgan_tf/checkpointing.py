@@ -2,11 +2,18 @@
 
 tf.train.CheckpointManager writes each checkpoint's shards to a temporary name, renames them into place and
 only then rewrites its `checkpoint` index (an atomic rename), so a reader never picks up a half-written one.
+What an interrupted save leaves behind (a `ckpt-N_temp/` folder, `ckpt-N.*` files the index never listed) is
+removed by `remove_interrupted_writes` when the run starts again; a checkpoint that is listed but unreadable
+(e.g. truncated by a crashed disk) is skipped by `restore_latest` in favour of the previous one.
 """
 
 from __future__ import annotations
 
+import errno
+import glob
 import os
+import re
+import shutil
 
 import tensorflow as tf
 from absl import logging
@@ -20,7 +27,7 @@ CHECKPOINT_SUBDIR = "checkpoints"
 
 
 class CheckpointError(RuntimeError):
-    """No usable checkpoint where one was expected."""
+    """No usable checkpoint where one was expected, or one that could not be written."""
 
 
 def make_checkpoint(gan: DCGAN) -> tf.train.Checkpoint:
@@ -45,7 +52,8 @@ def restore_latest(manager: tf.train.CheckpointManager) -> str | None:
     for path in reversed(manager.checkpoints):
         try:
             manager.checkpoint.restore(path).assert_existing_objects_matched()
-        except (tf.errors.OpError, AssertionError, ValueError) as e:
+        # A truncated .data file raises IndexError ("Read less bytes than requested"), a corrupted one OpError.
+        except (tf.errors.OpError, AssertionError, ValueError, IndexError) as e:
             logging.warning("Skipping unreadable checkpoint %s (%s: %s); trying the previous one.",
                             path, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
             continue
@@ -88,3 +96,88 @@ def save_config(config: Config) -> None:
     """Write the resolved config next to the run's results."""
     os.makedirs(config.model_dir, exist_ok=True)
     config_lib.save(config, config_path(config.model_dir))
+
+
+def save_checkpoint(manager: tf.train.CheckpointManager, step: int) -> str:
+    """Save checkpoint `step`; a failed write (e.g. a full disk) becomes a CheckpointError naming the fix."""
+    try:
+        return manager.save(checkpoint_number=step)
+    except (OSError, tf.errors.OpError) as e:
+        # TF maps ENOSPC to ResourceExhaustedError "...; No space left on device" and leaves ckpt-N_temp/.
+        remove_interrupted_writes(manager)
+        raise CheckpointError(f"could not write the checkpoint of step {step} to {manager.directory} "
+                              f"({describe(e)}); {describe_latest(manager)}. Free disk space (or use a "
+                              "--model_dir on another disk) and re-run the same command to resume.") from e
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether a write failed for lack of space (Python's OSError or TensorFlow's ResourceExhaustedError)."""
+    if isinstance(error, OSError):
+        return error.errno == errno.ENOSPC
+    return isinstance(error, tf.errors.ResourceExhaustedError) and "No space left on device" in str(error)
+
+
+def disk_full_error(manager: tf.train.CheckpointManager, error: BaseException) -> CheckpointError:
+    """The error for a full disk met while writing events or sample grids (checkpoints have their own)."""
+    return CheckpointError(f"the disk is full ({describe(error)}); {describe_latest(manager)}. Free disk "
+                           "space (or use a --model_dir on another disk) and re-run the same command to resume.")
+
+
+def describe(error: BaseException) -> str:
+    """`Type: message` on one line, without TensorFlow's {{function_node ...}} prefix."""
+    text = re.sub(r"\{\{[^}]*\}\}\s*", "", str(error)).strip()
+    return f"{type(error).__name__}: {text.splitlines()[-1] if text else ''}"
+
+
+def describe_latest(manager: tf.train.CheckpointManager) -> str:
+    """What a re-run would resume from, in words (for error messages)."""
+    latest = manager.latest_checkpoint
+    if latest is None:
+        return f"{manager.directory} has no checkpoint yet"
+    return f"checkpoint {latest} is intact and stays the latest"
+
+
+def _listed_prefixes(manager: tf.train.CheckpointManager) -> set[str]:
+    """Basenames (ckpt-N) of the checkpoints the manager's index lists."""
+    return {os.path.basename(path) for path in manager.checkpoints}
+
+
+def is_interrupted_write(name: str, listed: set[str]) -> bool:
+    """Whether a file name in the checkpoint folder is a leftover of a save that never completed."""
+    if re.match(r"^checkpoint\.tmp[0-9a-f]+$", name):  # the index's own atomic-write temporary
+        return True
+    match = re.match(r"^(ckpt-\d+)(_temp.*|\.index.*|\.data-.*)$", name)
+    if match is None:
+        return False
+    # ckpt-N_temp/ holds shards before the merge; *.tempstateNNN are TF's temporaries of one file;
+    # complete ckpt-N.* files that the index never listed were written just before a crash.
+    return match.group(2).startswith("_temp") or "tempstate" in name or match.group(1) not in listed
+
+
+def remove_interrupted_writes(manager: tf.train.CheckpointManager) -> list[str]:
+    """Delete what interrupted saves left in the checkpoint folder (never a listed checkpoint); the paths removed."""
+    listed = _listed_prefixes(manager)
+    removed = []
+    for path in sorted(glob.glob(os.path.join(manager.directory, "*"))):
+        if not is_interrupted_write(os.path.basename(path), listed):
+            continue
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.remove(path)
+        removed.append(path)
+    if removed:
+        logging.warning("Removed %d leftover(s) of an interrupted checkpoint write: %s", len(removed), removed)
+    return removed
+
+
+def remove_stale_temp_files(model_dir: str) -> list[str]:
+    """Delete `*.tmp-PID` files (config.json, sample PNGs) that a killed run left before renaming them."""
+    removed = []
+    for pattern in (f"{CONFIG_FILE}.tmp-*", os.path.join("samples", "*.tmp-*")):
+        for path in glob.glob(os.path.join(model_dir, pattern)):
+            os.remove(path)
+            removed.append(path)
+    if removed:
+        logging.warning("Removed %d half-written file(s) of an interrupted run: %s", len(removed), removed)
+    return removed

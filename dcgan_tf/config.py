@@ -59,7 +59,7 @@ class Config:
     beta1: float = 0.5  # paper: beta1 0.5 (0.9 "resulted in training oscillation and instability")
     beta2: float = 0.999  # Adam default, unchanged by the paper
     train_steps: int = 0  # total G/D updates; 0 = derive from `epochs`
-    epochs: int = 0  # passes over the dataset (finite datasets only); used when train_steps is 0
+    epochs: int = 25  # passes over a finite dataset, used when train_steps is 0 (paper: not stated)
     seed: int = 0  # seeds z, the synthetic data, the shuffle order and the weight init
 
     # --- Speed --------------------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """Train the paper's DCGAN: `python -m dcgan_tf.train --flagfile=configs/quickstart.cfg --model_dir=runs/q`.
 
-Re-running the same command resumes from the latest checkpoint in --model_dir.
+Re-running the same command resumes from the latest checkpoint in --model_dir. SIGTERM/SIGINT stop it after
+the current step with a checkpoint (exit status 0); `--strategy=multi_worker` trains on the machines named by
+TF_CONFIG (docs/scale.md).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from dcgan_tf import callbacks as callbacks_lib
-from dcgan_tf import checkpointing, distribute, input_pipeline
+from dcgan_tf import checkpointing, custom_loop, distribute, input_pipeline
 from dcgan_tf import config as config_lib
 from dcgan_tf.config import Config, ConfigError
 from dcgan_tf.gan import DCGAN
@@ -45,29 +47,45 @@ def ensure_writable(model_dir: str) -> None:
                           "write to") from None
 
 
-def prepare(config: Config) -> tuple[Config, input_pipeline.Source, int]:
-    """Validate, open the data, resolve channels and the run's length; refuse to resume another network."""
+def prepare(config: Config, writes_outputs: bool = True) -> tuple[Config, input_pipeline.Source, int]:
+    """Validate, open the data, resolve channels and the run's length; refuse to resume another network.
+
+    `writes_outputs=False` (a non-chief worker, which writes to a temporary folder) skips the model_dir probe.
+    """
     config_lib.validate(config)
     source = input_pipeline.make_source(config)
     config = config.replace(channels=source.channels)
     end_step = total_steps(config, source)
-    ensure_writable(config.model_dir)
+    if writes_outputs:
+        ensure_writable(config.model_dir)
     saved = checkpointing.read_run_config(config.model_dir)
     if saved is not None:
         config_lib.check_compatible(saved, config)
     return config, source, end_step
 
 
-def make_callbacks(config: Config, gan: DCGAN, manager: tf.train.CheckpointManager) -> list[keras.callbacks.Callback]:
-    """TensorBoard scalars + sample grid, checkpoints and the closing line."""
+def make_callbacks(config: Config, gan: DCGAN, manager: tf.train.CheckpointManager,
+                   stop: callbacks_lib.StopSignal | None = None) -> list[keras.callbacks.Callback]:
+    """Divergence guard, TensorBoard scalars + sample grid, checkpoints, graceful stop and the closing line.
+
+    The one list of callbacks for fit() and the multi-worker loop. `stop` adds the graceful stop on
+    SIGTERM/SIGINT for fit(); the multi-worker loop leaves that to PreemptionCheckpointHandler, which makes
+    every worker stop at the same step.
+    """
     writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "train"))
     fixed_z = gan.sample_z(config.num_samples, seed=config.seed + 1)
-    return [
+    average_batchnorm_statistics = distribute.make_replica_averager(
+        gan.distribute_strategy, gan.generator.non_trainable_variables + gan.discriminator.non_trainable_variables)
+    callbacks = [
+        callbacks_lib.DivergenceGuard(manager),  # first: nothing gets written for a step that diverged
         callbacks_lib.ScalarLogger(writer, config.log_every, config.batch_size),
         callbacks_lib.SampleGrid(writer, config.sample_every, fixed_z, os.path.join(config.model_dir, "samples")),
-        callbacks_lib.CheckpointSaver(manager, config.checkpoint_every),
-        callbacks_lib.Summary(config.batch_size),
+        callbacks_lib.CheckpointSaver(manager, config.checkpoint_every, before_save=average_batchnorm_statistics),
     ]
+    if stop is not None:
+        callbacks.append(callbacks_lib.GracefulStop(stop))
+    callbacks.append(callbacks_lib.Summary(config.batch_size))
+    return callbacks
 
 
 def set_precision(config: Config) -> None:
@@ -76,33 +94,81 @@ def set_precision(config: Config) -> None:
     keras.mixed_precision.set_global_policy(policy)
 
 
-def train(config: Config) -> DCGAN:
-    """Train (or resume) the run described by `config`; returns the trained model."""
-    config, source, end = prepare(config)
-    strategy = distribute.make_strategy(config)
-    distribute.check_batch_split(config, strategy)
+def build_in_scope(config: Config, strategy: tf.distribute.Strategy) -> DCGAN:
+    """The DCGAN built under `strategy` with the config's precision policy (reset afterwards)."""
     set_precision(config)
     try:
         with strategy.scope():
-            gan = build_gan(config)
+            return build_gan(config)
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    manager = checkpointing.make_manager(gan, config.model_dir, config.keep_checkpoints)
-    checkpointing.restore_latest(manager)
-    checkpointing.save_config(config)
-    start = int(gan.step.numpy())
-    if start >= end:
-        logging.info("%s is already trained to step %d (>= %d): nothing to do.", config.model_dir, start, end)
-    else:
-        logging.info("Training %s from step %d to %d.", config.model_dir, start, end)
-        dataset = input_pipeline.make_dataset(config, start_step=start, source=source)
-        gan.fit(dataset, epochs=1, shuffle=False, steps_per_epoch=end - start, verbose=config.verbose,
-                callbacks=make_callbacks(config, gan, manager))
-    if config.export_dir:
+
+
+def train(config: Config) -> DCGAN:
+    """Train (or resume) the run described by `config`; returns the trained model.
+
+    SIGTERM or SIGINT stops it after the current step with a checkpoint there (re-run the same command to
+    resume); a NaN/inf loss or weights raises callbacks.DivergenceError and keeps the last good checkpoint.
+    """
+    config_lib.validate(config)
+    # First TensorFlow work of the process: MultiWorkerMirroredStrategy must configure collective ops, and
+    # --cpu_replicas must split the CPU, before any other op runs (creating a tf.data source is one).
+    strategy = distribute.make_strategy(config)
+    chief = distribute.is_chief(strategy)
+    config, source, end = prepare(config, writes_outputs=chief)
+    distribute.check_batch_split(config, strategy)
+    gan = build_in_scope(config, strategy)
+    run_manager = checkpointing.make_manager(gan, config.model_dir, config.keep_checkpoints)
+    start = restore(config, gan, run_manager, chief)
+    distribute.check_workers_agree(strategy, start)
+    with distribute.worker_outputs(config, strategy) as out, callbacks_lib.StopSignal() as stop:
+        # Saving is collective under multi-worker: the non-chief workers save too, into their scratch folder.
+        manager = run_manager if chief else checkpointing.make_manager(gan, out.model_dir, out.keep_checkpoints)
+        if start >= end:
+            logging.info("%s is already trained to step %d (>= %d): nothing to do.", config.model_dir, start, end)
+        else:
+            logging.info("Training %s from step %d to %d.", config.model_dir, start, end)
+            try:
+                run_steps(out, gan, strategy, source, start, end, manager, stop)
+            except (OSError, tf.errors.ResourceExhaustedError) as e:  # a full disk under a grid or events file
+                if not checkpointing.is_disk_full(e):
+                    raise
+                raise checkpointing.disk_full_error(run_manager, e) from e
+    step = int(gan.step.numpy())
+    if step < end:
+        logging.warning("Stopped at step %d of %d (%s); its checkpoint is in %s. Re-run the same command to "
+                        "resume.", step, end, stop.received or "preempted on another worker", run_manager.directory)
+    elif config.export_dir and chief:
         from dcgan_tf import export  # the serving export (issue 3)
 
         export.export_generator(gan, config, config.export_dir)
+    distribute.wait_for_workers(strategy)  # no worker exits while the chief still exports
     return gan
+
+
+def restore(config: Config, gan: DCGAN, manager: tf.train.CheckpointManager, chief: bool) -> int:
+    """Restore the run's newest readable checkpoint (every worker reads model_dir); the step to start from.
+
+    The chief first clears what a killed run left half-written, then records the resolved config.
+    """
+    if chief:
+        checkpointing.remove_interrupted_writes(manager)
+        checkpointing.remove_stale_temp_files(config.model_dir)
+    checkpointing.restore_latest(manager)
+    if chief:
+        checkpointing.save_config(config)
+    return int(gan.step.numpy())
+
+
+def run_steps(config: Config, gan: DCGAN, strategy: tf.distribute.Strategy, source: input_pipeline.Source,
+              start: int, end: int, manager: tf.train.CheckpointManager, stop: callbacks_lib.StopSignal) -> None:
+    """Steps start..end with fit(), or with the custom loop under a multi-worker strategy (PITFALLS 7)."""
+    if distribute.needs_custom_loop(strategy):
+        custom_loop.train_loop(config, gan, strategy, source, start, end, make_callbacks(config, gan, manager), stop)
+        return
+    dataset = input_pipeline.make_dataset(config, start_step=start, source=source)
+    gan.fit(dataset, epochs=1, shuffle=False, steps_per_epoch=end - start, verbose=config.verbose,
+            callbacks=make_callbacks(config, gan, manager, stop))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -137,17 +203,30 @@ def config_from_flags() -> Config:
     return Config(**{f.name: flags.FLAGS[f.name].value for f in dataclasses.fields(Config)})
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a message that says where a bad flag may come from (a flagfile) and the fix."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        flagfiles = [arg.split("=", 1)[1] for arg in argv if arg.startswith("--flagfile=")]
+        where = f"the command line or the flagfile {', '.join(flagfiles)}" if flagfiles else "the command line"
+        sys.stderr.write(f"FATAL Flags parsing error: {e}\nFix the flag in {where}; "
+                         f"python -m dcgan_tf.train --helpfull lists every flag.\n")
+        sys.exit(1)
+
+
 def main(argv: list[str]) -> None:
     """CLI entry point."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}: every setting is a --flag (see --helpfull)")
     try:
         train(config_from_flags())
-    except (ConfigError, input_pipeline.DatasetError, checkpointing.CheckpointError) as e:
+    except (ConfigError, input_pipeline.DatasetError, checkpointing.CheckpointError,
+            callbacks_lib.DivergenceError) as e:
         logging.error("%s", e)
         sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from dcgan_tf.config import Config
+from dcgan_tf.distribute import new_mirrored_strategy
 from dcgan_tf.models import build_gan
 
 REAL = np.random.RandomState(0).uniform(-1, 1, (8, 16, 16, 1)).astype("float32")
@@ -25,7 +26,7 @@ def test_two_replicas_equal_one_replica_on_the_global_batch():
     config = Config(image_size=16, channels=1, ngf=8, ndf=8, nz=16, batch_size=8, sync_batchnorm=True,
                     train_steps=2)
     one, logs_one = train_weights(tf.distribute.get_strategy(), config)
-    two, logs_two = train_weights(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), config)
+    two, logs_two = train_weights(new_mirrored_strategy(["/cpu:0", "/cpu:1"]), config)
     assert max(float(np.max(np.abs(a - b))) for a, b in zip(one, two)) < 1e-5
     # The logged losses are true means, not 1/N of them (PITFALLS 3).
     for name in ("d_loss", "g_loss", "d_real", "d_fake"):
@@ -49,7 +50,7 @@ def test_training_changes_both_networks_and_logs_sane_values():
 
 def test_replicas_draw_different_z_and_steps_draw_new_z():
     config = Config(image_size=16, channels=1, ngf=8, ndf=8, nz=16, batch_size=8, train_steps=1)
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = new_mirrored_strategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():
         gan = build_gan(config)
     per_replica = strategy.run(tf.function(lambda: gan._replica_z(tf.constant(4))))

@@ -88,7 +88,7 @@ def test_bad_settings_fail_before_any_work(tiny_config, tmp_path):
     with pytest.raises(ConfigError, match="unknown dataset 'celebA'"):
         train.train(tiny_config.replace(dataset="celebA"))
     with pytest.raises(ConfigError, match="no length"):
-        train.train(tiny_config.replace(train_steps=0))
+        train.train(tiny_config.replace(train_steps=0, epochs=0))
     with pytest.raises(ConfigError, match="infinite"):
         train.train(tiny_config.replace(train_steps=0, epochs=1))
     blocked = tmp_path / "file"
