@@ -19,6 +19,7 @@ from absl import app, flags, logging
 from dcgan_tf import callbacks as callbacks_lib
 from dcgan_tf import checkpointing, custom_loop, distribute, input_pipeline
 from dcgan_tf import config as config_lib
+from dcgan_tf import export
 from dcgan_tf.config import Config, ConfigError
 from dcgan_tf.gan import DCGAN
 from dcgan_tf.models import build_gan
@@ -139,11 +140,17 @@ def train(config: Config) -> DCGAN:
         logging.warning("Stopped at step %d of %d (%s); its checkpoint is in %s. Re-run the same command to "
                         "resume.", step, end, stop.received or "preempted on another worker", run_manager.directory)
     elif config.export_dir and chief:
-        from dcgan_tf import export  # the serving export (issue 3)
-
-        export.export_generator(gan, config, config.export_dir)
+        export_final(gan, config, step)
     distribute.wait_for_workers(strategy)  # no worker exits while the chief still exports
     return gan
+
+
+def export_final(gan: DCGAN, config: Config, step: int) -> None:
+    """Export the trained generator as version `step`, unless a re-run finds that version already there."""
+    if step in export.existing_versions(config.export_dir):
+        logging.info("%s/%d already exists: not exporting again.", config.export_dir, step)
+        return
+    export.export_generator(gan, config, config.export_dir)
 
 
 def restore(config: Config, gan: DCGAN, manager: tf.train.CheckpointManager, chief: bool) -> int:
@@ -222,8 +229,7 @@ def main(argv: list[str]) -> None:
     try:
         train(config_from_flags())
     except (ConfigError, input_pipeline.DatasetError, checkpointing.CheckpointError,
-            callbacks_lib.DivergenceError) as e:
-        logging.error("%s", e)
+            callbacks_lib.DivergenceError, export.ExportError) as e:
         sys.exit(f"error: {e}")
 
 
