@@ -77,6 +77,11 @@ class Config:
     checkpoint_every: int = 1000  # steps between checkpoints (one is always written at the end)
     keep_checkpoints: int = 5  # how many recent checkpoints to keep
     num_samples: int = 64  # images in the fixed-z sample grid (a square number makes a square grid)
+    fid_every: int = 0  # steps between FID evaluations during training (0 = off); keeps the best in model_dir/best
+    fid_samples: int = 5000  # generated and real images per in-training FID
+    fid_extractor: str = "classifier"  # FID features: "classifier" (see evaluate train-classifier) or "inception"
+    fid_classifier_path: str = ""  # .keras classifier from `python -m dcgan_tf.evaluate train-classifier`
+    inception_weights: str = "imagenet"  # InceptionV3 weights: "imagenet" (downloads) or a local .h5/.weights.h5
     export_dir: str = ""  # if set, export the generator for TF Serving here at the end of training
     verbose: int = 1  # Keras progress bar: 0 silent, 1 bar, 2 one line per epoch
 
@@ -145,6 +150,13 @@ def validate(config: Config) -> None:
         (config.keep_checkpoints > 0, "keep_checkpoints must be at least 1"),
         (config.num_samples > 0, "num_samples must be positive"),
         (config.cpu_replicas >= 0, "cpu_replicas must not be negative"),
+        (config.fid_every >= 0, "fid_every must not be negative (0 turns in-training FID off)"),
+        (not config.fid_every or config.fid_samples >= 2, "fid_samples must be at least 2 when fid_every is set"),
+        (config.fid_extractor in ("classifier", "inception"),
+         f"fid_extractor={config.fid_extractor!r} must be 'classifier' or 'inception'"),
+        (not config.fid_every or config.fid_extractor != "classifier" or config.fid_classifier_path,
+         "--fid_every with the classifier extractor needs --fid_classifier_path (train one with "
+         "python -m dcgan_tf.evaluate train-classifier), or use --fid_extractor=inception"),
     ]
     for ok, message in checks:
         if not ok:

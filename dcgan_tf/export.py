@@ -3,7 +3,7 @@
 `python -m dcgan_tf.export --model_dir=runs/x --export_dir=exports/dcgan [--version=N]`, or automatically at the
 end of training when `--export_dir` is set.
 
-Signatures (fixed names, documented in docs/serving.md):
+Signatures (fixed names, documented in the README's "Serving the generator" section):
   * `serving_default`: `z` float32 [batch, nz] -> `images` uint8 [batch, S, S, C], `images_float` float32 in [-1, 1];
   * `sample`: `num_images` int32 scalar, `seed` int64 scalar -> `images`, `images_float` and the `z` used
     (the same z as `DCGAN.sample_z(num_images, seed)`, so "16 images, seed 7" is the same every time).

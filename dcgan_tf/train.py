@@ -2,7 +2,7 @@
 
 Re-running the same command resumes from the latest checkpoint in --model_dir. SIGTERM/SIGINT stop it after
 the current step with a checkpoint (exit status 0); `--strategy=multi_worker` trains on the machines named by
-TF_CONFIG (docs/scale.md).
+TF_CONFIG (README, "Running at scale").
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from dcgan_tf import checkpointing, custom_loop, distribute, input_pipeline
 from dcgan_tf import config as config_lib
 from dcgan_tf import export
 from dcgan_tf.config import Config, ConfigError
+from dcgan_tf.evaluation.fid import EvaluationError
 from dcgan_tf.gan import DCGAN
 from dcgan_tf.models import build_gan
 
@@ -83,6 +84,11 @@ def make_callbacks(config: Config, gan: DCGAN, manager: tf.train.CheckpointManag
         callbacks_lib.SampleGrid(writer, config.sample_every, fixed_z, os.path.join(config.model_dir, "samples")),
         callbacks_lib.CheckpointSaver(manager, config.checkpoint_every, before_save=average_batchnorm_statistics),
     ]
+    if config.fid_every:  # after the guard and the checkpoint, so "best" is never a diverged step
+        from dcgan_tf.evaluation.callback import make_fid_callback
+
+        callbacks.append(make_fid_callback(config, config.fid_every, config.fid_samples, config.fid_extractor,
+                                           config.fid_classifier_path, config.inception_weights))
     if stop is not None:
         callbacks.append(callbacks_lib.GracefulStop(stop))
     callbacks.append(callbacks_lib.Summary(config.batch_size))
@@ -229,7 +235,7 @@ def main(argv: list[str]) -> None:
     try:
         train(config_from_flags())
     except (ConfigError, input_pipeline.DatasetError, checkpointing.CheckpointError,
-            callbacks_lib.DivergenceError, export.ExportError) as e:
+            callbacks_lib.DivergenceError, export.ExportError, EvaluationError) as e:
         sys.exit(f"error: {e}")
 
 

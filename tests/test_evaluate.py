@@ -13,7 +13,7 @@ import tensorflow as tf
 from sklearn.svm import LinearSVC
 
 from dcgan_tf import checkpointing
-from dcgan_tf.config import Config
+from dcgan_tf.config import Config, ConfigError
 from dcgan_tf.evaluation import fid as fid_lib
 from dcgan_tf.evaluation import reports, svm
 from dcgan_tf.evaluation.callback import BEST_FILE, FIDCallback, make_fid_callback, read_best
@@ -287,6 +287,20 @@ def test_make_fid_callback_wires_a_run_and_fails_early_without_its_extractor(tin
     assert callback.best_dir == os.path.join(tiny_config.model_dir, "best") and callback.every == 2
     with pytest.raises(fid_lib.EvaluationError, match="train-classifier"):
         make_fid_callback(tiny_config, 2, 16, extractor="classifier", classifier_path="/nonexistent/clf.keras")
+
+
+def test_train_with_fid_every_logs_fid_and_keeps_the_best_run(tiny_config, classifier):
+    from dcgan_tf import train
+
+    config = tiny_config.replace(fid_every=2, fid_samples=16, fid_classifier_path=classifier[0])
+    train.train(config)
+    tags = set()
+    for path in tf.io.gfile.glob(os.path.join(config.model_dir, "train", "events.out.tfevents.*")):
+        tags |= {v.tag for e in tf.compat.v1.train.summary_iterator(path) for v in e.summary.value}
+    assert {"fid", "d_loss", "samples"} <= tags
+    assert read_best(os.path.join(config.model_dir, "best"))["step"] in (2, 4)
+    with pytest.raises(ConfigError, match="fid_classifier_path"):
+        train.train(tiny_config.replace(fid_every=2))
 
 
 # ---------------------------------------------------------------------------------------------------------
