@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from typing import Any
+
+from dcgan_tf.files import atomic_write
 
 # Datasets with a recipe in input_pipeline.py (besides "synthetic" and "folder:PATH").
 TFDS_DATASETS = (
@@ -194,7 +195,5 @@ def check_compatible(saved: Config, new: Config) -> None:
 
 def save(config: Config, path: str) -> None:
     """Write the config as JSON atomically (temporary file + rename)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
+    with atomic_write(path) as f:
         f.write(config.to_json())
-    os.replace(tmp, path)

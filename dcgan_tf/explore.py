@@ -32,6 +32,7 @@ from dcgan_tf.config import Config, ConfigError
 from dcgan_tf.evaluation.data import load_real_images
 from dcgan_tf.experiments import ablation, dviz, figures, latent, memorization, sources
 from dcgan_tf.export import DEFAULT_BN_SAMPLES
+from dcgan_tf.files import atomic_write
 from dcgan_tf.images import to_uint8, write_png
 
 
@@ -133,11 +134,8 @@ def required(opts: Options, field: str) -> list[int]:
 
 def write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
     """np.savez_compressed atomically (temporary file + rename)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
+    with atomic_write(path, "wb") as f:  # a file object: np.savez would append .npz to a name
         np.savez_compressed(f, **arrays)
-    os.replace(tmp, path)
 
 
 def write_outputs(opts: Options, subcommand: str, figure: np.ndarray, arrays: dict[str, np.ndarray],

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import tensorflow as tf
+
+from dcgan_tf.files import atomic_write
 
 
 def make_grid(images: np.ndarray, cols: int | None = None, pad: int = 2, pad_value: int = 0) -> np.ndarray:
@@ -31,10 +32,8 @@ def to_uint8(images) -> np.ndarray:
 
 def write_png(path: str, image: np.ndarray) -> None:
     """Write a uint8 [H, W, C] image as PNG atomically (temporary file + rename)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    tf.io.write_file(tmp, tf.io.encode_png(np.asarray(image, dtype=np.uint8)))
-    os.replace(tmp, path)
+    with atomic_write(path, "wb") as f:
+        f.write(tf.io.encode_png(np.asarray(image, dtype=np.uint8)).numpy())
 
 
 def read_png(path: str) -> np.ndarray:

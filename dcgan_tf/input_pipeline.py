@@ -15,7 +15,7 @@ from typing import Callable
 import tensorflow as tf
 from absl import logging
 
-from dcgan_tf.config import Config, ConfigError
+from dcgan_tf.config import Config
 
 AUTOTUNE = tf.data.AUTOTUNE
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")

@@ -52,6 +52,8 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
+from dcgan_tf.files import atomic_write
+
 DEFAULT_SIGNATURE = "serving_default"
 PREDICT_METHODS = ("tensorflow/serving/predict", "tensorflow/serving/classify", "tensorflow/serving/regress")
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
@@ -745,10 +747,8 @@ def define_flags() -> None:
 
 def _write_ready_file(path: str, payload: dict[str, int]) -> None:
     """Atomically write the ready file."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
+    with atomic_write(path) as f:
         json.dump(payload, f)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str]) -> None:

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from dcgan_tf import checkpointing, train
-from dcgan_tf.config import Config, ConfigError
+from dcgan_tf.config import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

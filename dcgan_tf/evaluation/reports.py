@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Callable, Sequence
 
@@ -16,6 +15,7 @@ from dcgan_tf.evaluation import data as data_lib
 from dcgan_tf.evaluation import fid as fid_lib
 from dcgan_tf.evaluation import svm as svm_lib
 from dcgan_tf.evaluation.features import discriminator_features, pixel_features
+from dcgan_tf.files import atomic_write
 from dcgan_tf.models import build_discriminator, build_generator
 
 FEATURE_BASELINES = ("pixels", "random_d")
@@ -26,11 +26,8 @@ RANDOM_INIT_SEED_OFFSET = 7919
 
 def write_json(path: str, record: dict) -> None:
     """Write a JSON result atomically (temporary file + rename)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
+    with atomic_write(path) as f:
         json.dump(record, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
 
 
 def random_discriminator(config: Config, seed: int) -> keras.Model:

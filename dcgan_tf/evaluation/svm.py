@@ -113,7 +113,7 @@ def fit_l2_svm(x: np.ndarray, y: np.ndarray, c: float, init: LinearModel | None 
     if len(classes) < 2:
         raise ValueError("the SVM needs at least two classes in its training labels")
     signs = np.where(y[:, None] == classes[None, :], 1.0, -1.0).astype(np.float32)  # [N, K]
-    n, d, k = len(x), x.shape[1], len(classes)
+    d, k = x.shape[1], len(classes)
     if len(classes) == 2:  # one decision function is enough for two classes, as in LinearSVC
         signs, k = signs[:, 1:], 1
 
