@@ -3,10 +3,19 @@
 `python -m dcgan_tf.export --model_dir=runs/x --export_dir=exports/dcgan [--version=N]`, or automatically at the
 end of training when `--export_dir` is set.
 
-Signatures (fixed names, documented in the README's "Serving the generator" section):
+Signatures (fixed names, documented in docs/serving.md):
   * `serving_default`: `z` float32 [batch, nz] -> `images` uint8 [batch, S, S, C], `images_float` float32 in [-1, 1];
   * `sample`: `num_images` int32 scalar, `seed` int64 scalar -> `images`, `images_float` and the `z` used
-    (the same z as `DCGAN.sample_z(num_images, seed)`, so "16 images, seed 7" is the same every time).
+    (the same z as `DCGAN.sample_z(num_images, seed)`, so "16 images, seed 7" is the same every time);
+  * `sample_seeds`: `seeds` int64 [batch] -> one image per seed (z of seed s = `DCGAN.sample_z(1, s)`), every
+    input and output with a leading batch dimension, so TF Serving's `--enable_batching` can merge requests.
+`sample` and `sample_seeds` refuse more than `max_images` images per request inside the graph (INVALID_ARGUMENT),
+so the real TF Serving, which puts no bound on what a signature computes, enforces it too.
+
+The SavedModel is written with `keras.export.ExportArchive`, which runs in TF Serving's session-based loader
+(`saved_model_cli run`, `tf.compat.v1.saved_model.loader.load`); a `tf.Module` holding a Keras 3 model and saved
+with `tf.saved_model.save` does not ("Could not find variable ...", tensorflow/serving#2250). The served graph is
+float32 whatever precision the run trained in.
 
 The generator runs in inference mode, so an image depends only on its own z. Its BatchNorm population statistics
 are re-estimated from many z before export ("precise BatchNorm"): Keras's moving averages lag behind the weights
@@ -26,7 +35,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 from typing import Any, Iterator
 
 import keras
@@ -40,10 +48,16 @@ from dcgan_tf.models import build_generator
 
 DEFAULT_SIGNATURE = "serving_default"
 SAMPLE_SIGNATURE = "sample"
+SEEDS_SIGNATURE = "sample_seeds"
+SIGNATURES = (DEFAULT_SIGNATURE, SAMPLE_SIGNATURE, SEEDS_SIGNATURE)
+# Signatures with a leading batch dimension on every input: TF Serving can batch them, so only they get
+# warm-up records (with --enable_batching a `sample` warm-up would fail, and with it the whole load).
+BATCHABLE_SIGNATURES = (DEFAULT_SIGNATURE, SEEDS_SIGNATURE)
 CONFIG_ASSET = "dcgan_config.json"  # lands in <version>/assets/
 # TF Serving replays these requests before serving a version (first requests are then fast).
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 DEFAULT_BN_SAMPLES = 2048
+DEFAULT_MAX_IMAGES = 1024  # per sample / sample_seeds request, enforced in the graph
 # Second word of the stateless seed of the z used to re-estimate BatchNorm: apart from sample()'s seeds [s, 0].
 _BN_SEED_WORD = 0x5EED
 
@@ -57,38 +71,60 @@ def _to_uint8(images: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.clip_by_value(tf.round((images + 1.0) * 127.5), 0.0, 255.0), tf.uint8)
 
 
-class GeneratorServable(tf.Module):
-    """The generator plus the two serving signatures and the config asset."""
+class ServingFunctions:
+    """The three signatures' functions over one (float32, inference) generator, traced by ExportArchive."""
 
-    def __init__(self, generator: keras.Model, nz: int, z_dist: str, config_path: str):
-        super().__init__(name="dcgan_generator")
+    def __init__(self, generator: keras.Model, nz: int, z_dist: str, max_images: int):
         self.generator = generator
-        self.z_dist = z_dist
         self.nz = nz
-        self.config_asset = tf.saved_model.Asset(config_path)
-        self.serving_default = tf.function(
-            self._from_z, input_signature=[tf.TensorSpec([None, nz], tf.float32, name="z")])
-        self.sample = tf.function(
-            self._sample, input_signature=[tf.TensorSpec([], tf.int32, name="num_images"),
-                                           tf.TensorSpec([], tf.int64, name="seed")])
+        self.z_dist = z_dist
+        self.max_images = max_images
+
+    def endpoints(self) -> list[tuple[str, Any, list[tf.TensorSpec]]]:
+        """(signature name, function, input signature) of every signature, serving_default first."""
+        return [
+            (DEFAULT_SIGNATURE, self.from_z, [tf.TensorSpec([None, self.nz], tf.float32, name="z")]),
+            (SAMPLE_SIGNATURE, self.sample, [tf.TensorSpec([], tf.int32, name="num_images"),
+                                             tf.TensorSpec([], tf.int64, name="seed")]),
+            (SEEDS_SIGNATURE, self.sample_seeds, [tf.TensorSpec([None], tf.int64, name="seeds")]),
+        ]
 
     def _images(self, z: tf.Tensor) -> dict[str, tf.Tensor]:
         """Both image outputs for z, in inference mode."""
         images_float = tf.cast(self.generator(z, training=False), tf.float32)
         return {"images": _to_uint8(images_float), "images_float": images_float}
 
-    def _from_z(self, z: tf.Tensor) -> dict[str, tf.Tensor]:
-        """serving_default: images for the client's z."""
+    def _check_count(self, count: tf.Tensor, what: str) -> tf.Operation:
+        """An in-graph INVALID_ARGUMENT when a request asks for more than max_images images."""
+        return tf.debugging.assert_less_equal(
+            tf.cast(count, tf.int64), tf.constant(self.max_images, tf.int64),
+            message=f"{what} must be <= {self.max_images}, the most images this export makes per request; "
+                    "ask in several requests, or re-export with python -m dcgan_tf.export --max_images=N")
+
+    def from_z(self, z: tf.Tensor) -> dict[str, tf.Tensor]:
+        """serving_default: images for the client's z (bounded by the request's size, which the client sends)."""
         # Checked in the graph so that TF Serving itself answers INVALID_ARGUMENT for NaN/Inf z.
         z = tf.debugging.check_numerics(z, "z must be finite (no NaN or Inf)")
         return self._images(z)
 
-    def _sample(self, num_images: tf.Tensor, seed: tf.Tensor) -> dict[str, tf.Tensor]:
+    def sample(self, num_images: tf.Tensor, seed: tf.Tensor) -> dict[str, tf.Tensor]:
         """sample: draw z from the seed on the server (same z as DCGAN.sample_z), then generate."""
-        check = tf.debugging.assert_non_negative(num_images, message="num_images must be >= 0")
-        with tf.control_dependencies([check]):
+        checks = [tf.debugging.assert_non_negative(num_images, message="num_images must be >= 0"),
+                  self._check_count(num_images, "num_images")]
+        with tf.control_dependencies(checks):
             z = sample_latent(num_images, self.nz, tf.stack([seed, tf.constant(0, tf.int64)]), self.z_dist)
         outputs = self._images(z)
+        outputs["z"] = z
+        return outputs
+
+    def sample_seeds(self, seeds: tf.Tensor) -> dict[str, tf.Tensor]:
+        """sample_seeds: one image per seed, z of seed s = DCGAN.sample_z(1, s), independent of the batch."""
+        with tf.control_dependencies([self._check_count(tf.size(seeds), "the number of seeds")]):
+            # One stateless draw per seed: an image depends only on its own seed, so merged batches are exact.
+            z = tf.map_fn(
+                lambda s: sample_latent(1, self.nz, tf.stack([s, tf.constant(0, tf.int64)]), self.z_dist)[0],
+                seeds, fn_output_signature=tf.TensorSpec([self.nz], tf.float32))
+        outputs = self._images(tf.ensure_shape(z, [None, self.nz]))
         outputs["z"] = z
         return outputs
 
@@ -104,11 +140,15 @@ def _float32_policy() -> Iterator[None]:
         keras.mixed_precision.set_global_policy(previous)
 
 
+def exported_generator(gan: Any) -> keras.Model:
+    """The network a DCGAN run exports: the one place that chooses it (e.g. an EMA copy instead of G)."""
+    return gan.generator
+
+
 def _generator_of(gan_or_generator: Any) -> tuple[keras.Model, int | None]:
-    """(generator, training step or None) of a DCGAN or a bare generator."""
-    generator = getattr(gan_or_generator, "generator", None)
-    if generator is not None:
-        return generator, int(gan_or_generator.step.numpy())
+    """(generator to export, training step or None) of a DCGAN or a bare generator."""
+    if getattr(gan_or_generator, "generator", None) is not None:
+        return exported_generator(gan_or_generator), int(gan_or_generator.step.numpy())
     if isinstance(gan_or_generator, keras.Model):
         return gan_or_generator, None
     raise ExportError(f"export_generator needs a DCGAN or a generator keras.Model, got {type(gan_or_generator)}")
@@ -194,38 +234,68 @@ def _choose_version(export_base: str, version: int | None, step: int | None) -> 
     return version
 
 
-def _write_config_asset(directory: str, config: Config, version: int, step: int | None, bn_samples: int) -> str:
-    """The config JSON the SavedModel carries as an asset; returns its path."""
-    path = os.path.join(directory, CONFIG_ASSET)
-    payload = {
+def _config_payload(config: Config, version: int, step: int | None, bn_samples: int, max_images: int
+                    ) -> dict[str, Any]:
+    """What the config asset says: sizes, provenance and the signatures."""
+    return {
         "nz": config.nz, "image_size": config.image_size, "channels": config.channels, "z_dist": config.z_dist,
-        "step": step, "version": version, "batchnorm_samples": bn_samples,
+        "step": step, "version": version, "batchnorm_samples": bn_samples, "max_images": max_images,
         "signatures": {
             DEFAULT_SIGNATURE: "z float32 [batch, nz] -> images uint8 [batch, S, S, C], images_float float32 "
                                "in [-1, 1]",
-            SAMPLE_SIGNATURE: "num_images int32 [], seed int64 [] -> images, images_float, z float32 "
-                              "[num_images, nz]",
+            SAMPLE_SIGNATURE: f"num_images int32 [] (<= {max_images}), seed int64 [] -> images, images_float, "
+                              "z float32 [num_images, nz]",
+            SEEDS_SIGNATURE: f"seeds int64 [batch] (<= {max_images}) -> images, images_float, z [batch, nz]; "
+                             "z of seed s = DCGAN.sample_z(1, s)",
         },
         "config": config.to_dict(),
     }
-    with open(path, "w") as f:
+
+
+def _write_config_asset(saved_model_dir: str, payload: dict[str, Any]) -> None:
+    """<version>/assets/dcgan_config.json (a plain file in the assets folder TF Serving ships with the model)."""
+    os.makedirs(os.path.join(saved_model_dir, "assets"), exist_ok=True)
+    with open(os.path.join(saved_model_dir, "assets", CONFIG_ASSET), "w") as f:
         json.dump(payload, f, indent=2, sort_keys=True)
-    return path
+
+
+def warmup_requests(nz: int) -> list[Any]:
+    """One PredictRequest per batchable signature (batch of one), as TF Serving replays them at load time."""
+    from tensorflow_serving.apis import model_pb2, predict_pb2
+
+    inputs = {DEFAULT_SIGNATURE: {"z": np.zeros([1, nz], np.float32)},
+              SEEDS_SIGNATURE: {"seeds": np.zeros([1], np.int64)}}
+    requests = []
+    for name in BATCHABLE_SIGNATURES:
+        request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(signature_name=name))
+        for key, value in inputs[name].items():
+            request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+        requests.append(request)
+    return requests
 
 
 def _write_warmup(saved_model_dir: str, nz: int) -> None:
-    """One serving_default request TF Serving replays before it serves the version (skipped without the API)."""
+    """assets.extra/tf_serving_warmup_requests (skipped without tensorflow-serving-api, only needed to serve)."""
     try:
-        from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+        from tensorflow_serving.apis import prediction_log_pb2
     except ImportError:  # tensorflow-serving-api is only needed for serving, not to train
         logging.info("tensorflow-serving-api not installed: no warmup requests written.")
         return
-    request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(signature_name=DEFAULT_SIGNATURE))
-    request.inputs["z"].CopyFrom(tf.make_tensor_proto(np.zeros([1, nz], np.float32)))
-    record = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
     os.makedirs(os.path.join(saved_model_dir, os.path.dirname(WARMUP_FILE)), exist_ok=True)
     with tf.io.TFRecordWriter(os.path.join(saved_model_dir, WARMUP_FILE)) as writer:
-        writer.write(record.SerializeToString())
+        for request in warmup_requests(nz):
+            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+
+
+def write_saved_model(generator: keras.Model, config: Config, max_images: int, path: str) -> None:
+    """The SavedModel of the three signatures over `generator`, written with keras.export.ExportArchive."""
+    archive = keras.export.ExportArchive()
+    archive.track(generator)
+    for name, function, input_signature in ServingFunctions(generator, config.nz, config.z_dist,
+                                                            max_images).endpoints():
+        archive.add_endpoint(name, function, input_signature=input_signature)
+    archive.write_out(path, verbose=False)
 
 
 def export_generator(
@@ -234,12 +304,16 @@ def export_generator(
     export_base: str,
     version: int | None = None,
     bn_samples: int = DEFAULT_BN_SAMPLES,
+    max_images: int = DEFAULT_MAX_IMAGES,
 ) -> str:
     """Write `<export_base>/<version>/` for TF Serving atomically; returns that path.
 
     `version` defaults to the DCGAN's training step (for a bare generator: one above the newest existing
     version). An existing version raises ExportError. `bn_samples=0` keeps the trained moving averages.
+    `max_images` bounds the images of one `sample`/`sample_seeds` request, inside the graph.
     """
+    if max_images < 1:
+        raise ExportError(f"max_images={max_images} must be >= 1 (the most images one sample request may ask for)")
     generator, step = _generator_of(gan_or_generator)
     config = resolved_config(generator, config)
     os.makedirs(export_base, exist_ok=True)
@@ -249,11 +323,8 @@ def export_generator(
     copy = inference_copy(generator, config)
     used = reestimate_batchnorm(copy, config, bn_samples)
     try:
-        with tempfile.TemporaryDirectory() as asset_dir:
-            servable = GeneratorServable(copy, config.nz, config.z_dist,
-                                         _write_config_asset(asset_dir, config, version, step, used))
-            tf.saved_model.save(servable, tmp, signatures={DEFAULT_SIGNATURE: servable.serving_default,
-                                                           SAMPLE_SIGNATURE: servable.sample})
+        write_saved_model(copy, config, max_images, tmp)
+        _write_config_asset(tmp, _config_payload(config, version, step, used, max_images))
         _write_warmup(tmp, config.nz)
         # rename() of a directory onto an existing non-empty one fails, so a concurrent export cannot clobber it.
         os.rename(tmp, final)
@@ -284,6 +355,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("version", None, "Version number (default: the training step). Never overwritten.")
     flags.DEFINE_integer("bn_samples", DEFAULT_BN_SAMPLES,
                          "z used to re-estimate BatchNorm statistics before export; 0 keeps the moving averages.")
+    flags.DEFINE_integer("max_images", DEFAULT_MAX_IMAGES,
+                         "Most images one `sample` or `sample_seeds` request may ask for (enforced in the graph).")
     flags.mark_flags_as_required(["model_dir", "export_dir"])
 
 
@@ -295,7 +368,8 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     try:
         config, gan = checkpointing.load_run(FLAGS.model_dir)
-        path = export_generator(gan, config, FLAGS.export_dir, FLAGS.version, FLAGS.bn_samples)
+        path = export_generator(gan, config, FLAGS.export_dir, FLAGS.version, FLAGS.bn_samples,
+                                FLAGS.max_images)
     except (ExportError, checkpointing.CheckpointError) as e:
         logging.error("%s", e)
         sys.exit(f"error: {e}")

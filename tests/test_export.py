@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -9,11 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from dcgan_tf import checkpointing, export
+from dcgan_tf import checkpointing, export, train
 from dcgan_tf.config import Config
 from dcgan_tf.images import to_uint8
 from dcgan_tf.models import build_gan
@@ -61,7 +63,7 @@ def test_layout_signatures_and_config_asset(exported, gan_and_config):
     assert os.path.exists(os.path.join(exported, export.WARMUP_FILE))
 
     loaded = tf.saved_model.load(exported)
-    assert set(loaded.signatures.keys()) == {"serving_default", "sample"}
+    assert set(loaded.signatures.keys()) == {"serving_default", "sample", "sample_seeds"}
     default = loaded.signatures["serving_default"]
     assert default.structured_input_signature[1] == {"z": tf.TensorSpec([None, NZ], tf.float32, name="z")}
     outputs = default.structured_outputs
@@ -71,10 +73,15 @@ def test_layout_signatures_and_config_asset(exported, gan_and_config):
     assert (sample_inputs["num_images"].dtype, sample_inputs["num_images"].shape.rank) == (tf.int32, 0)
     assert (sample_inputs["seed"].dtype, sample_inputs["seed"].shape.rank) == (tf.int64, 0)
     assert set(loaded.signatures["sample"].structured_outputs) == {"images", "images_float", "z"}
+    seeds = loaded.signatures["sample_seeds"]
+    assert seeds.structured_input_signature[1] == {"seeds": tf.TensorSpec([None], tf.int64, name="seeds")}
+    assert {k: v.shape.as_list() for k, v in seeds.structured_outputs.items()} == {
+        "images": [None, 16, 16, 1], "images_float": [None, 16, 16, 1], "z": [None, NZ]}
 
     asset = export.read_export_config(exported)
     assert {k: asset[k] for k in ("nz", "image_size", "channels", "z_dist", "step", "version")} == {
         "nz": NZ, "image_size": 16, "channels": 1, "z_dist": config.z_dist, "step": STEP, "version": STEP}
+    assert asset["max_images"] == export.DEFAULT_MAX_IMAGES
     assert asset["config"]["ngf"] == 8
 
 
@@ -149,7 +156,7 @@ def test_existing_version_is_never_overwritten(exported, gan_and_config):
 def test_failed_export_leaves_no_version_behind(gan_and_config, tmp_path, monkeypatch):
     gan, config = gan_and_config
 
-    def half_written_save(obj, path, signatures=None):
+    def half_written_save(obj, path, **kwargs):
         os.makedirs(os.path.join(path, "variables"))
         Path(path, "saved_model.pb").write_bytes(b"partial")
         raise OSError("disk full")
@@ -166,38 +173,206 @@ def test_mismatched_config_is_refused(gan_and_config, tmp_path):
         export.export_generator(gan, config.replace(nz=NZ + 1), str(tmp_path))
 
 
+# ---------------------------------------------------------------------------------------------------------
+# The export in the tools TF Serving users run: saved_model_cli and TF Serving's session-based loader.
+
+# Loads a version the way TF Serving's C++ LoadSavedModel does (import the MetaGraph, restore, init op) and runs
+# every signature by its SignatureDef tensor names, then replays assets.extra/tf_serving_warmup_requests.
+SESSION_LOADER_CHILD = """
+import json, os, sys
+import numpy as np
+import tensorflow as tf
+from tensorflow_serving.apis import prediction_log_pb2
+
+export_dir, inputs_path, out_path = sys.argv[1:4]
+inputs = dict(np.load(inputs_path))
+results, report = {}, {"warmup": [], "errors": {}}
+
+def run(sess, signature, feeds):
+    fetches = {key: info.name for key, info in signature.outputs.items()}
+    return sess.run(fetches, {signature.inputs[key].name: value for key, value in feeds.items()})
+
+with tf.compat.v1.Session(graph=tf.Graph()) as sess:
+    signatures = tf.compat.v1.saved_model.loader.load(sess, ["serve"], export_dir).signature_def
+    report["signatures"] = sorted(signatures)
+    feeds = {"serving_default": {"z": inputs["z"]},
+             "sample": {"num_images": np.int32(inputs["num_images"]), "seed": np.int64(inputs["seed"])},
+             "sample_seeds": {"seeds": inputs["seeds"]}}
+    for name, feed in feeds.items():
+        if name in signatures:
+            for key, value in run(sess, signatures[name], feed).items():
+                results[name + "/" + key] = value
+    too_many = {"sample": {"num_images": np.int32(inputs["too_many"]), "seed": np.int64(0)},
+                "sample_seeds": {"seeds": np.arange(inputs["too_many"], dtype=np.int64)}}
+    for name, feed in too_many.items():
+        try:
+            run(sess, signatures[name], feed)
+            report["errors"][name] = "no error"
+        except (tf.errors.OpError, KeyError) as e:
+            report["errors"][name] = type(e).__name__ + ": " + str(e)
+    warmup = os.path.join(export_dir, "assets.extra", "tf_serving_warmup_requests")
+    for record in tf.compat.v1.io.tf_record_iterator(warmup):
+        request = prediction_log_pb2.PredictionLog.FromString(record).predict_log.request
+        name = request.model_spec.signature_name or "serving_default"
+        outputs = run(sess, signatures[name], {k: tf.make_ndarray(v) for k, v in request.inputs.items()})
+        report["warmup"].append([name, {k: list(v.shape) for k, v in outputs.items()}])
+np.savez(out_path, **results)
+print(json.dumps(report))
+"""
+
+Z = np.random.RandomState(1).uniform(-1, 1, (4, NZ)).astype(np.float32)
+NUM_IMAGES, SEED, SEEDS = 3, 11, np.array([5, 11, 5, 0], np.int64)
+
+
+def saved_model_cli() -> list[str]:
+    """The saved_model_cli command of this environment."""
+    cli = shutil.which("saved_model_cli", path=os.path.dirname(sys.executable)) or shutil.which("saved_model_cli")
+    return [cli] if cli else [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli"]
+
+
+@dataclasses.dataclass
+class ToolRuns:
+    """What saved_model_cli and the session loader produced from one export, in fresh processes."""
+
+    cli_default: subprocess.CompletedProcess
+    cli_sample: subprocess.CompletedProcess
+    cli_show: subprocess.CompletedProcess
+    session: subprocess.CompletedProcess
+    out: Path
+
+    def cli_output(self, name: str, key: str) -> np.ndarray:
+        return np.load(self.out / f"cli_{name}" / f"{key}.npy")
+
+    def session_report(self) -> dict:
+        assert self.session.returncode == 0, self.session.stdout[-4000:]
+        return json.loads(self.session.stdout.strip().splitlines()[-1])
+
+    def session_outputs(self) -> dict[str, np.ndarray]:
+        self.session_report()
+        return dict(np.load(self.out / "session.npz"))
+
+
+def run_tools(export_dir: str, out: Path, too_many: int) -> ToolRuns:
+    """saved_model_cli run (both signatures), saved_model_cli show and the session loader, side by side."""
+    np.save(out / "z.npy", Z)
+    np.savez(out / "inputs.npz", z=Z, num_images=NUM_IMAGES, seed=SEED, seeds=SEEDS, too_many=too_many)
+    run = [*saved_model_cli(), "run", "--dir", export_dir, "--tag_set", "serve", "--overwrite"]
+    commands = {
+        "cli_default": run + ["--signature_def", "serving_default", "--inputs", f"z={out / 'z.npy'}",
+                              "--outdir", str(out / "cli_serving_default")],
+        "cli_sample": run + ["--signature_def", "sample", "--input_exprs", f"num_images={NUM_IMAGES};seed={SEED}",
+                             "--outdir", str(out / "cli_sample")],
+        "cli_show": [*saved_model_cli(), "show", "--dir", export_dir, "--all"],
+        "session": [sys.executable, "-c", SESSION_LOADER_CHILD, export_dir, str(out / "inputs.npz"),
+                    str(out / "session.npz")],
+    }
+    # Each child imports TensorFlow (seconds): run them side by side.
+    children = {name: subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, text=True)
+                for name, command in commands.items()}
+    done = {}
+    for name, child in children.items():
+        stdout, _ = child.communicate(timeout=300)
+        done[name] = subprocess.CompletedProcess(child.args, child.returncode, stdout)
+    return ToolRuns(**done, out=out)
+
+
+@pytest.fixture(scope="module")
+def tool_runs(exported, tmp_path_factory) -> ToolRuns:
+    """The tools run on the module's export (bn_samples=0, so it equals G(z, training=False))."""
+    asset = export.read_export_config(exported)
+    return run_tools(exported, tmp_path_factory.mktemp("tools"), asset.get("max_images", 1024) + 1)
+
+
 @pytest.mark.slow
-def test_round_trip_in_a_fresh_process_and_saved_model_cli(exported, gan_and_config, tmp_path):
+def test_saved_model_cli_runs_both_signatures_like_the_generator(tool_runs, gan_and_config):
     gan, _ = gan_and_config
-    z = np.random.RandomState(1).uniform(-1, 1, (4, NZ)).astype(np.float32)
-    np.save(tmp_path / "z.npy", z)
-    reload_script = (
-        "import sys, numpy as np, tensorflow as tf\n"
-        "serve = tf.saved_model.load(sys.argv[1]).signatures['serving_default']\n"
-        "out = serve(z=tf.constant(np.load(sys.argv[2])))\n"
-        "np.save(sys.argv[3], out['images_float'].numpy()); np.save(sys.argv[4], out['images'].numpy())\n"
-    )
-    cli = shutil.which("saved_model_cli")
-    cli_command = [cli] if cli else [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli"]
-    # Both children import TensorFlow (seconds each): run them side by side.
-    reload = subprocess.Popen([sys.executable, "-c", reload_script, exported, str(tmp_path / "z.npy"),
-                               str(tmp_path / "float.npy"), str(tmp_path / "uint8.npy")],
-                              env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    show = subprocess.Popen(cli_command + ["show", "--dir", exported, "--all"], env=subprocess_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    reload_out, _ = reload.communicate(timeout=120)
-    show_out, _ = show.communicate(timeout=120)
+    assert tool_runs.cli_default.returncode == 0, tool_runs.cli_default.stdout[-4000:]
+    assert tool_runs.cli_sample.returncode == 0, tool_runs.cli_sample.stdout[-4000:]
+    expected = gan.generator(Z, training=False).numpy()
+    np.testing.assert_allclose(tool_runs.cli_output("serving_default", "images_float"), expected, atol=1e-5)
+    np.testing.assert_array_equal(tool_runs.cli_output("serving_default", "images"), to_uint8(expected))
+    z = gan.sample_z(NUM_IMAGES, SEED).numpy()
+    np.testing.assert_array_equal(tool_runs.cli_output("sample", "z"), z)
+    np.testing.assert_allclose(tool_runs.cli_output("sample", "images_float"),
+                               gan.generator(z, training=False).numpy(), atol=1e-5)
 
-    assert reload.returncode == 0, reload_out[-3000:]
-    expected = gan.generator(z, training=False).numpy()
-    np.testing.assert_allclose(np.load(tmp_path / "float.npy"), expected, atol=1e-6)
-    np.testing.assert_array_equal(np.load(tmp_path / "uint8.npy"), to_uint8(expected))
+    show = tool_runs.cli_show
+    assert show.returncode == 0, show.stdout[-3000:]
+    for text in ("signature_def['serving_default']", "signature_def['sample']", "signature_def['sample_seeds']",
+                 "inputs['z']", "inputs['num_images']", "inputs['seed']", "inputs['seeds']", "outputs['images']",
+                 "outputs['images_float']", "outputs['z']", "DT_UINT8", "DT_INT64", "shape: (-1, 8)",
+                 "shape: (-1, 16, 16, 1)"):
+        assert text in show.stdout, text
 
-    assert show.returncode == 0, show_out[-3000:]
-    for text in ("signature_def['serving_default']", "signature_def['sample']", "inputs['z']",
-                 "inputs['num_images']", "inputs['seed']", "outputs['images']", "outputs['images_float']",
-                 "outputs['z']", "DT_UINT8", "DT_INT64", "shape: (-1, 8)", "shape: (-1, 16, 16, 1)"):
-        assert text in show_out, text
+
+@pytest.mark.slow
+def test_session_loader_runs_every_signature_like_the_generator(tool_runs, gan_and_config):
+    gan, _ = gan_and_config
+    outputs = tool_runs.session_outputs()
+    signatures = [name for name in tool_runs.session_report()["signatures"] if not name.startswith("__")]
+    assert signatures == sorted(export.SIGNATURES)  # (TF adds __saved_model_init_op)
+    expected = gan.generator(Z, training=False).numpy()
+    np.testing.assert_allclose(outputs["serving_default/images_float"], expected, atol=1e-5)
+    np.testing.assert_array_equal(outputs["serving_default/images"], to_uint8(expected))
+    z = gan.sample_z(NUM_IMAGES, SEED).numpy()
+    np.testing.assert_array_equal(outputs["sample/z"], z)
+    np.testing.assert_allclose(outputs["sample/images_float"], gan.generator(z, training=False).numpy(), atol=1e-5)
+    # sample_seeds: one image per seed, z of seed s = sample_z(1, s), whatever else is in the batch.
+    seed_z = np.concatenate([gan.sample_z(1, int(s)).numpy() for s in SEEDS])
+    np.testing.assert_array_equal(outputs["sample_seeds/z"], seed_z)
+    np.testing.assert_array_equal(outputs["sample_seeds/images"][0], outputs["sample_seeds/images"][2])
+    np.testing.assert_array_equal(outputs["sample_seeds/images"][1], outputs["sample/images"][0])
+    np.testing.assert_allclose(outputs["sample_seeds/images_float"], gan.generator(seed_z, training=False).numpy(),
+                               atol=1e-5)
+
+
+@pytest.mark.slow
+def test_session_loader_replays_the_warmup_requests(tool_runs):
+    warmup = tool_runs.session_report()["warmup"]
+    assert [name for name, _ in warmup] == list(export.BATCHABLE_SIGNATURES)  # no scalar-input `sample`
+    for _, shapes in warmup:
+        assert shapes["images"] == [1, 16, 16, 1]
+
+
+@pytest.mark.slow
+def test_sample_over_the_export_maximum_is_refused_by_the_graph(tool_runs):
+    errors = tool_runs.session_report()["errors"]
+    maximum = export.DEFAULT_MAX_IMAGES
+    assert errors["sample"].startswith("InvalidArgumentError"), errors
+    assert f"num_images must be <= {maximum}" in errors["sample"] and "--max_images=N" in errors["sample"]
+    assert errors["sample_seeds"].startswith("InvalidArgumentError"), errors
+    assert f"the number of seeds must be <= {maximum}" in errors["sample_seeds"]
+
+
+@pytest.mark.slow
+def test_mixed_precision_runs_export_a_float32_graph_that_saved_model_cli_runs(tmp_path):
+    gans, children = {}, {}
+    for precision in ("bfloat16", "float16"):
+        config = tiny_config(mixed_precision=precision)
+        train.set_precision(config)
+        try:
+            gan = build_gan(config)
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+        assert gan.generator.layers[1].compute_dtype == precision
+        path = export.export_generator(gan, config, str(tmp_path / precision), bn_samples=0, max_images=4)
+        gans[precision] = (gan, config)
+        np.save(tmp_path / "z.npy", Z)
+        children[precision] = subprocess.Popen(
+            [*saved_model_cli(), "run", "--dir", path, "--tag_set", "serve", "--signature_def", "serving_default",
+             "--inputs", f"z={tmp_path / 'z.npy'}", "--outdir", str(tmp_path / f"out_{precision}")],
+            env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for precision, child in children.items():
+        output, _ = child.communicate(timeout=300)
+        assert child.returncode == 0, output[-4000:]
+        gan, config = gans[precision]
+        served = np.load(tmp_path / f"out_{precision}" / "images_float.npy")
+        assert served.dtype == np.float32
+        reference = export.inference_copy(gan.generator, config)  # the float32 copy the export serves
+        np.testing.assert_allclose(served, reference(Z, training=False).numpy(), atol=1e-5)
+        # ... which is the mixed-precision generator up to its rounding.
+        np.testing.assert_allclose(served, gan.generator(Z, training=False).numpy().astype(np.float32), atol=0.05)
 
 
 @pytest.mark.slow
