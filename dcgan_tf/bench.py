@@ -3,7 +3,7 @@
     python -m dcgan_tf.bench train --image_size=64 --ngf=64 --ndf=64 --batch_size=64 [--dataset=random]
     python -m dcgan_tf.bench train --dataset=fashion_mnist --data_dir=../shared/tfds --image_size=32 --channels=1
     python -m dcgan_tf.bench input --dataset=folder:/path/to/pngs --image_size=64 --batch_size=64
-    python -m dcgan_tf.bench sample --image_size=64 --ngf=64 [--model_dir=runs/x] [--grpc]
+    python -m dcgan_tf.bench sample --image_size=64 --ngf=64 [--model_dir=runs/x] [--grpc] [--clients=8]
     python -m dcgan_tf.bench flops --image_size=64 --ngf=64 --ndf=64 --batch_size=64
 
 Every rate is the median of several timed windows after warm-up (tracing, XLA compilation and thread-pool
@@ -14,6 +14,7 @@ measured matmul rate (see dcgan_tf/flops.py for what is counted).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -34,6 +35,8 @@ from dcgan_tf.models import build_discriminator, build_gan, build_generator
 
 RANDOM = "random"  # --dataset value: one fixed random batch, so only the train step is measured
 COMMANDS = ("train", "input", "sample", "flops")
+_REPO_BATCHING_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "serving",
+                                   "batching_parameters.txt")
 
 
 def machine() -> dict[str, Any]:
@@ -183,9 +186,12 @@ def sample_generator(config: Config, model_dir: str | None) -> tuple[Config, ker
 
 
 def bench_sample(config: Config, model_dir: str | None = None, grpc: bool = False, repeats: int = 50,
-                 batch: int = 64, windows: int = 5) -> list[dict[str, Any]]:
-    """Generator latency (batch 1, p50/p99) and throughput (batch `batch`) in-process, from the SavedModel,
-    and (with grpc=True) through serving/local_server.py's gRPC PredictionService."""
+                 batch: int = 64, windows: int = 5, clients: int = 0, client_requests: int = 50,
+                 batching_parameters_file: str | None = None) -> list[dict[str, Any]]:
+    """Generator latency (batch 1, p50/p99) and throughput (batch `batch`): in-process, from the SavedModel
+    (tf.saved_model.load), through TF Serving's session-based loader, and (with grpc=True) through
+    serving/local_server.py's gRPC PredictionService; with clients > 0 also `clients` concurrent gRPC clients
+    sending batch-1 requests, without and with the server's request batching."""
     from dcgan_tf import export  # imported here: the train/input benchmarks need no serving stack
 
     config, generator = sample_generator(config, model_dir)
@@ -199,33 +205,106 @@ def bench_sample(config: Config, model_dir: str | None = None, grpc: bool = Fals
                     **_latency_stats(lambda: in_process(z1).numpy(), repeats),
                     "img_per_s": _throughput(lambda: in_process(zb).numpy(), batch, windows)})
     with tempfile.TemporaryDirectory() as base:
-        version_dir = export.export_generator(generator, config, base, version=1)
+        # Speed does not depend on the BatchNorm statistics: skip their re-estimation (minutes at paper size).
+        version_dir = export.export_generator(generator, config, base, version=1, bn_samples=0,
+                                              max_images=max(batch, export.DEFAULT_MAX_IMAGES))
         serve = tf.saved_model.load(version_dir).signatures["serving_default"]
         results.append({**settings, "path": "saved_model",
                         **_latency_stats(lambda: serve(z=tf.constant(z1))["images"].numpy(), repeats),
                         "img_per_s": _throughput(lambda: serve(z=tf.constant(zb))["images"].numpy(), batch,
                                                  windows)})
+        results.append({**settings, "path": "session_loader", **_bench_session(version_dir, z1, zb, batch, repeats,
+                                                                                windows)})
         if grpc:
             results.append({**settings, "path": "grpc_local_server",
                             **_bench_grpc(base, z1, zb, batch, repeats, windows)})
+        if clients > 0:
+            from serving import config as serving_config
+
+            params = serving_config.read_batching_parameters(batching_parameters_file) if \
+                batching_parameters_file else serving_config.BatchingParameters()
+            for batching in (None, params):
+                results.append({**settings, **_bench_concurrent(base, config.nz, clients, client_requests, batching)})
     return results
+
+
+def _bench_session(version_dir: str, z1: np.ndarray, zb: np.ndarray, batch: int, repeats: int, windows: int
+                   ) -> dict[str, float]:
+    """serving_default run the way TF Serving runs it: session-based loader, SignatureDef tensor names."""
+    from serving import versions
+
+    loaded = versions.load_version("dcgan", 1, version_dir)
+    stats = _latency_stats(lambda: loaded.run_session("serving_default", {"z": z1})["images"], repeats)
+    return {**stats, "img_per_s": _throughput(lambda: loaded.run_session("serving_default", {"z": zb})["images"],
+                                              batch, windows)}
+
+
+def _local_server(base: str, threads: int, batching: Any = None) -> tuple[Any, int]:
+    """serving/local_server.py's core over `base` with a gRPC front end on a free loopback port."""
+    from serving import grpc_frontend, handlers, versions
+
+    core = handlers.ModelServer([versions.ServedModel("dcgan", base, batching=batching)])
+    core.poll_all()  # loads and warms up version 1
+    return grpc_frontend.start_grpc_server(core, "127.0.0.1", 0, threads=threads, max_message_mb=64)
 
 
 def _bench_grpc(base: str, z1: np.ndarray, zb: np.ndarray, batch: int, repeats: int, windows: int
                 ) -> dict[str, float]:
     """Predict over gRPC on localhost through serving/local_server.py (tensorflow_model_server cannot run here)."""
-    from serving import client, local_server
+    from serving import client
 
-    model = local_server.ServedModel(client.DEFAULT_MODEL, base)
-    core = local_server.ModelServer([model])
-    core.poll_all()  # loads and warms up version 1
-    server, port = local_server.start_grpc_server(core, "127.0.0.1", 0, threads=4, max_message_mb=64)
+    server, port = _local_server(base, threads=4)
     try:
         stub = client.make_stub(f"127.0.0.1:{port}", max_message_mb=64)
         stats = _latency_stats(lambda: client.generate(stub, z1), repeats)
         return {**stats, "img_per_s": _throughput(lambda: client.generate(stub, zb), batch, windows)}
     finally:
         server.stop(grace=None)
+
+
+def _bench_concurrent(base: str, nz: int, clients: int, requests_per_client: int, batching: Any,
+                      time_limit_s: float = 120.0) -> dict[str, Any]:
+    """`clients` threads each sending `requests_per_client` batch-1 serving_default requests over loopback gRPC."""
+    import threading
+
+    from serving import client
+
+    server, port = _local_server(base, threads=clients + 2, batching=batching)
+    stub = client.make_stub(f"127.0.0.1:{port}", max_message_mb=64)
+    z = np.random.default_rng(2).uniform(-1, 1, [1, nz]).astype(np.float32)
+    client.generate(stub, z)  # connection set-up
+    latencies: list[float] = []
+    errors: list[str] = []
+    deadline = time.monotonic() + time_limit_s  # bounded in count and time
+
+    def one_client() -> None:
+        for _ in range(requests_per_client):
+            if time.monotonic() > deadline:
+                return
+            start = time.perf_counter()
+            try:
+                client.generate(stub, z, retries=0)
+            except Exception as e:  # counted and reported, not hidden
+                errors.append(str(e)[:200])
+                continue
+            latencies.append(time.perf_counter() - start)
+
+    threads = [threading.Thread(target=one_client) for _ in range(clients)]
+    start = time.perf_counter()
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        wall = time.perf_counter() - start
+        server.stop(grace=None)
+    ms = np.array(latencies or [float("nan")]) * 1e3
+    return {"path": "grpc_concurrent_batched" if batching is not None else "grpc_concurrent_unbatched",
+            "clients": clients, "requests": len(latencies), "errors": len(errors),
+            "batching": dataclasses.asdict(batching) if batching is not None else None,
+            "img_per_s": round(len(latencies) / wall, 1), "p50_ms": round(float(np.percentile(ms, 50)), 2),
+            "p99_ms": round(float(np.percentile(ms, 99)), 2)}
 
 
 def bench_flops(config: Config, matmul_gflops: float | None = None) -> dict[str, Any]:
@@ -277,6 +356,12 @@ def define_flags() -> None:
     flags.DEFINE_string("model_dir", None, "sample: a training run whose generator to time (default: fresh init).")
     flags.DEFINE_boolean("grpc", True, "sample: also time Predict over gRPC through serving/local_server.py.")
     flags.DEFINE_integer("repeats", 50, "sample: batch-1 calls for the latency percentiles.")
+    flags.DEFINE_integer("clients", 8, "sample: concurrent gRPC clients (batch-1 requests), measured without and "
+                         "with the local server's request batching; 0 = skip.")
+    flags.DEFINE_integer("client_requests", 50, "sample: requests per concurrent client.")
+    flags.DEFINE_string("batching_parameters_file", None,
+                        "sample: TF Serving batching parameters for the batched concurrent run (default: the "
+                        "repository's serving/batching_parameters.txt).")
 
 
 def config_from_flags() -> Config:
@@ -298,7 +383,9 @@ def run_command(command: str, config: Config) -> Iterator[dict[str, Any]]:
     elif command == "input":
         yield bench_input(config, FLAGS.windows, FLAGS.steps_per_window * 20)
     elif command == "sample":
-        yield from bench_sample(config, FLAGS.model_dir, FLAGS.grpc, FLAGS.repeats, FLAGS.batch_size, FLAGS.windows)
+        yield from bench_sample(config, FLAGS.model_dir, FLAGS.grpc, FLAGS.repeats, FLAGS.batch_size, FLAGS.windows,
+                                FLAGS.clients if FLAGS.grpc else 0, FLAGS.client_requests,
+                                FLAGS.batching_parameters_file or _REPO_BATCHING_FILE)
     else:
         yield bench_flops(config, matmul)
 

@@ -2,6 +2,7 @@
 
     python -m serving.client --server=localhost:8500 --model=dcgan --num_images=64 --seed=0 --output=samples.png
     python -m serving.client --server=localhost:8500 --z_file=z.npy --output=from_z.png
+    python -m serving.client --server=localhost:8500 --seeds=3,7,11 --output=seeds.png
     python -m serving.client --server=localhost:8500 --metadata
 
 Library use (e.g. from the experiments):
@@ -9,6 +10,7 @@ Library use (e.g. from the experiments):
     stub = client.make_stub("localhost:8500")
     images = client.generate(stub, z)               # uint8 [N, S, S, C]
     images, z = client.sample(stub, 16, seed=7)     # server-side z, the same for the same seed
+    images, z = client.sample_seeds(stub, [3, 7])   # one image per seed (batchable)
 
 Every call retries with exponential backoff while the server is UNAVAILABLE (starting, restarting, swapping
 pods) and gives up after `retries` attempts; other errors are raised at once (they will not go away by retrying).
@@ -37,6 +39,7 @@ from tensorflow_serving.apis import (
 DEFAULT_MODEL = "dcgan"
 DEFAULT_SIGNATURE = "serving_default"
 SAMPLE_SIGNATURE = "sample"
+SEEDS_SIGNATURE = "sample_seeds"
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_RETRIES = 5
 DEFAULT_MAX_MESSAGE_MB = 256  # gRPC's 4 MiB default is too small for image batches
@@ -148,6 +151,20 @@ def sample(
     return outputs["images"], outputs["z"]
 
 
+def sample_seeds(
+    stub: prediction_service_pb2_grpc.PredictionServiceStub,
+    seeds: list[int] | np.ndarray,
+    model: str = DEFAULT_MODEL,
+    version: int | None = None,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    retries: int = DEFAULT_RETRIES,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 images, z) from `sample_seeds`: one image per seed, batchable by TF Serving's --enable_batching."""
+    outputs, _ = predict(stub, {"seeds": np.asarray(seeds, np.int64).reshape([-1])}, model, SEEDS_SIGNATURE,
+                         version, ["images", "z"], timeout, retries)
+    return outputs["images"], outputs["z"]
+
+
 def get_metadata(
     stub: prediction_service_pb2_grpc.PredictionServiceStub,
     model: str = DEFAULT_MODEL,
@@ -188,10 +205,11 @@ def define_flags() -> None:
     flags.DEFINE_string("server", "localhost:8500", "gRPC address of TF Serving or serving.local_server.")
     flags.DEFINE_string("model", DEFAULT_MODEL, "Model name.")
     flags.DEFINE_integer("version", None, "Model version (default: the latest served).")
-    flags.DEFINE_string("signature", None, "'sample' (default: z drawn by the server from --seed) or "
-                        "'serving_default' (default with --z_file).")
+    flags.DEFINE_string("signature", None, "'sample' (default: z drawn by the server from --seed), "
+                        "'serving_default' (default with --z_file) or 'sample_seeds' (default with --seeds).")
     flags.DEFINE_integer("num_images", 64, "Images to draw with the sample signature.")
     flags.DEFINE_integer("seed", 0, "Seed of the server-side z (sample signature).")
+    flags.DEFINE_list("seeds", None, "Seeds for the sample_seeds signature, one image each (e.g. 3,7,7).")
     flags.DEFINE_string("z_file", None, ".npy file with z [N, nz] float32 for serving_default.")
     flags.DEFINE_string("output", "samples.png", "PNG grid to write.")
     flags.DEFINE_string("npy_output", None, "Also save the uint8 images [N, S, S, C] here (.npy).")
@@ -208,7 +226,8 @@ def _run() -> dict[str, Any]:
     stub = make_stub(FLAGS.server)
     if FLAGS.metadata:
         return get_metadata(stub, FLAGS.model, FLAGS.version, FLAGS.timeout, FLAGS.retries)
-    signature = FLAGS.signature or (DEFAULT_SIGNATURE if FLAGS.z_file else SAMPLE_SIGNATURE)
+    signature = FLAGS.signature or (DEFAULT_SIGNATURE if FLAGS.z_file else SEEDS_SIGNATURE if FLAGS.seeds else
+                                    SAMPLE_SIGNATURE)
     if signature == DEFAULT_SIGNATURE:
         if not FLAGS.z_file:
             raise app.UsageError("--signature=serving_default needs --z_file=z.npy (float32 [N, nz]); or use "
@@ -218,8 +237,16 @@ def _run() -> dict[str, Any]:
     elif signature == SAMPLE_SIGNATURE:
         images, _ = sample(stub, FLAGS.num_images, FLAGS.seed, FLAGS.model, FLAGS.version, FLAGS.timeout,
                            FLAGS.retries)
+    elif signature == SEEDS_SIGNATURE:
+        if not FLAGS.seeds:
+            raise app.UsageError("--signature=sample_seeds needs --seeds=S1,S2,... (one image per seed)")
+        try:
+            seeds = [int(s) for s in FLAGS.seeds]
+        except ValueError:
+            raise app.UsageError(f"--seeds={','.join(FLAGS.seeds)}: seeds must be integers") from None
+        images, _ = sample_seeds(stub, seeds, FLAGS.model, FLAGS.version, FLAGS.timeout, FLAGS.retries)
     else:
-        raise app.UsageError(f"--signature={signature!r}: use 'sample' or 'serving_default'")
+        raise app.UsageError(f"--signature={signature!r}: use 'sample', 'sample_seeds' or 'serving_default'")
     write_png(FLAGS.output, make_grid(images))
     if FLAGS.npy_output:
         np.save(FLAGS.npy_output, images)

@@ -6,7 +6,8 @@
 #
 # Environment: TF_SERVING_IMAGE (default tensorflow/serving:latest; pin a tag in production, and use a
 # tensorflow/serving:*-gpu tag with --gpus all for GPUs), GRPC_PORT (8500), REST_PORT (8501),
-# ENABLE_BATCHING (0; see batching_parameters.txt for why the `sample` signature then fails).
+# ENABLE_BATCHING (0; with batching use `serving_default` or `sample_seeds`: `sample` has scalar inputs, see
+# batching_parameters.txt). See docs/serving.md.
 # Not tested on the development machines: they have no Docker engine and no tensorflow_model_server binary.
 set -euo pipefail
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -29,7 +30,9 @@ from dcgan_tf.config import Config
 from dcgan_tf.images import read_png, to_uint8
 from dcgan_tf.models import build_gan
 from dcgan_tf.train import train
-from serving import client, local_server
+from serving import batching, client, local_server
+from serving import config as serving_config
+from serving.errors import ServingError
 
 REPO = Path(__file__).resolve().parents[1]
 NZ = 16
@@ -168,6 +171,7 @@ def test_metadata_lists_both_signatures(stub):
     assert default["outputs"]["images"]["dtype"] == "DT_UINT8"
     assert set(signatures["sample"]["inputs"]) == {"num_images", "seed"}
     assert set(signatures["sample"]["outputs"]) == {"images", "images_float", "z"}
+    assert signatures["sample_seeds"]["inputs"]["seeds"]["dtype"] == "DT_INT64"
 
 
 @pytest.mark.slow  # needs the trained run and the server subprocess
@@ -177,6 +181,20 @@ def test_sample_signature_is_reproducible(run, stub):
     np.testing.assert_array_equal(z, run.gan.sample_z(5, 7).numpy())
     np.testing.assert_array_equal(images, again)
     np.testing.assert_array_equal(images, run.expected(z))
+
+
+@pytest.mark.slow  # needs the trained run and the server subprocess
+def test_sample_seeds_gives_one_image_per_seed(run, stub):
+    seeds = np.array([7, 3, 7], np.int64)
+    outputs, _ = client.predict(stub, {"seeds": seeds}, signature="sample_seeds")
+    z = np.concatenate([run.gan.sample_z(1, int(s)).numpy() for s in seeds])
+    np.testing.assert_array_equal(outputs["z"], z)
+    np.testing.assert_array_equal(outputs["images"], run.expected(z))
+    images, _ = client.sample(stub, 1, seed=7)  # sample_seeds([s]) == sample(num_images=1, seed=s)
+    np.testing.assert_array_equal(outputs["images"][:1], images)
+    images, seed_z = client.sample_seeds(stub, [3])
+    np.testing.assert_array_equal(seed_z, z[1:2])
+    np.testing.assert_array_equal(images, outputs["images"][1:2])
 
 
 def _predict(inputs: dict, model: str = "dcgan", signature: str = "", version: int | None = None,
@@ -316,6 +334,73 @@ def test_client_cli_and_server_help(run, server, stub, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Request batching (in-process server: --enable_batching).
+
+
+@pytest.fixture(scope="module")
+def batching_server(run):
+    """The local server core with batching on (max 8 rows, 50 ms timeout), gRPC on a free loopback port."""
+    params = local_server.BatchingParameters(max_batch_size=8, batch_timeout_micros=50_000, num_batch_threads=2)
+    core = local_server.ModelServer([local_server.ServedModel("dcgan", str(run.export_base), batching=params)])
+    core.poll_all()
+    server, port = local_server.start_grpc_server(core, HOST, 0, threads=12, max_message_mb=64)
+    channel = client.make_channel(f"{HOST}:{port}")
+    yield core, client.prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    channel.close()
+    server.stop(grace=None)
+
+
+@pytest.mark.slow  # needs the trained run
+def test_batching_merges_concurrent_requests_and_answers_each_its_own(run, batching_server):
+    core, stub = batching_server
+    served = core.models["dcgan"].current
+    batch_sizes = []
+    run_session = served.run_session
+
+    def counting(signature, inputs):
+        batch_sizes.append(len(next(iter(inputs.values()))))
+        return run_session(signature, inputs)
+
+    served.run_session = counting
+    try:
+        results, errors = {}, []
+
+        def ask(i: int) -> None:
+            try:
+                outputs, _ = client.predict(stub, {"seeds": np.array([100 + i], np.int64)}, signature="sample_seeds",
+                                            timeout=60, retries=0)
+                results[i] = outputs
+            except grpc.RpcError as e:
+                errors.append(e.details())
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        del served.run_session
+    assert errors == []
+    for i, outputs in results.items():  # each request gets its own seed's image, as if alone
+        z = run.gan.sample_z(1, 100 + i).numpy()
+        np.testing.assert_array_equal(outputs["z"], z)
+        np.testing.assert_array_equal(outputs["images"], run.expected(z))
+    assert sum(batch_sizes) == 8 and len(batch_sizes) < 8, batch_sizes  # merged into fewer runs
+
+
+@pytest.mark.slow  # needs the trained run
+def test_batching_refuses_scalar_inputs_and_oversized_requests_like_tf_serving(batching_server):
+    _, stub = batching_server
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Predict(_predict(_sample_inputs(2), signature="sample"), timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "Batching session Run() input tensors must have at least one dimension" in info.value.details()
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Predict(_predict({"z": random_z(9)}), timeout=30)
+    assert "Task size 9 is larger than maximum input batch size 8" in info.value.details()
+
+
+# ---------------------------------------------------------------------------------------------------------
 # New versions (these change the export folder: keep them last).
 
 
@@ -388,13 +473,106 @@ def test_broken_new_version_keeps_the_old_one_serving(run, channel, stub):
     assert version == STEPS + 1
 
 
+def _wait_for_end(channel, version: int) -> str:
+    """Wait until `version` failed to load; returns its error message."""
+    deadline = time.monotonic() + 90
+    while version not in _status(channel) or _status(channel)[version][0] != "END":
+        assert time.monotonic() < deadline, _status(channel)
+        time.sleep(0.1)
+    return _status(channel)[version][1]
+
+
+@pytest.mark.slow  # needs the trained run and the server subprocess
+def test_version_failing_warmup_is_not_served(run, channel, stub):
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    version = STEPS + 3
+    tmp = run.export_base / f".tmp-{version}"
+    shutil.copytree(run.export_base / str(STEPS), tmp)
+    request = _predict({"z": np.zeros((1, NZ + 1), np.float32)})  # a warm-up record the signature refuses
+    log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+    with tf.io.TFRecordWriter(str(tmp / export.WARMUP_FILE)) as writer:
+        writer.write(log.SerializeToString())
+    os.rename(tmp, run.export_base / str(version))
+    error = _wait_for_end(channel, version)
+    assert error.startswith(f"INVALID_ARGUMENT: input 'z' has shape [1, {NZ + 1}]"), error
+    _, served = client.predict(stub, {"z": random_z(1)})
+    assert served == STEPS + 1  # the previous version stays
+
+
+class _ModuleServable(tf.Module):
+    """How the export was written before keras.export.ExportArchive (a tf.Module holding the Keras model)."""
+
+    def __init__(self, generator):
+        super().__init__()
+        self.generator = generator
+        self.serve = tf.function(lambda z: {"images_float": generator(z, training=False)},
+                                 input_signature=[tf.TensorSpec([None, NZ], tf.float32, name="z")])
+
+
+@pytest.mark.slow  # needs the trained run and the server subprocess
+def test_export_that_tf_serving_cannot_run_fails_to_load_here_too(run, channel, stub):
+    version = STEPS + 4
+    tmp = run.export_base / f".tmp-{version}"
+    module = _ModuleServable(export.inference_copy(run.gan.generator, run.config))
+    tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serve})
+    assert tf.saved_model.load(str(tmp)).signatures["serving_default"](z=random_z(1))  # the TF2 loader runs it
+    shutil.copytree(run.export_base / str(STEPS) / "assets.extra", tmp / "assets.extra")
+    os.rename(tmp, run.export_base / str(version))
+    error = _wait_for_end(channel, version)
+    assert error.startswith("FAILED_PRECONDITION: Could not find variable"), error  # as in TF Serving
+    _, served = client.predict(stub, {"z": random_z(1)})
+    assert served == STEPS + 1
+
+
 # ---------------------------------------------------------------------------------------------------------
 # No server needed.
 
 
 def test_models_config_and_batching_parameters_parse():
     assert local_server.read_model_config(str(REPO / "serving" / "models.config")) == [("dcgan", "/models/dcgan")]
-    assert local_server.read_max_batch_size(str(REPO / "serving" / "batching_parameters.txt")) > 0
+    params = local_server.read_batching_parameters(str(REPO / "serving" / "batching_parameters.txt"))
+    assert (params.max_batch_size, params.batch_timeout_micros, params.num_batch_threads) == (64, 2000, 4)
+    assert local_server.read_max_batch_size(str(REPO / "serving" / "batching_parameters.txt")) == 64
+    parsed = serving_config.parse_batching_parameters(
+        "max_batch_size { value: 16 }  # comment\nallowed_batch_sizes: 4\nallowed_batch_sizes: 16\n"
+        "pad_variable_length_inputs: true")
+    assert (parsed.max_batch_size, parsed.allowed_batch_sizes, parsed.pad_variable_length_inputs) == (16, (4, 16), True)
+    with pytest.raises(ValueError, match="unknown field 'max_batch'"):
+        serving_config.parse_batching_parameters("max_batch { value: 3 }")
+    with pytest.raises(ValueError, match="must increase and end with max_batch_size"):
+        serving_config.parse_batching_parameters("max_batch_size { value: 16 } allowed_batch_sizes: 8")
+
+
+def test_batcher_merges_up_to_max_batch_size_pads_and_splits():
+    calls = []
+
+    def double(inputs):
+        calls.append(len(inputs["x"]))
+        time.sleep(0.05)
+        return {"y": inputs["x"] * 2}
+
+    params = serving_config.BatchingParameters(max_batch_size=4, batch_timeout_micros=100_000, num_batch_threads=1,
+                                               allowed_batch_sizes=(2, 4))
+    batcher = batching.SignatureBatcher(double, params, "test")
+    results = {}
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, batcher.run({"x": np.array([i, i])})))
+               for i in range(3)]  # 3 requests of 2 rows: one batch of 4, then one of 2
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(calls) == [2, 4], calls
+    for i in range(3):
+        np.testing.assert_array_equal(results[i]["y"], [2 * i, 2 * i])
+    assert batcher.run({"x": np.array([5])})["y"].tolist() == [10]  # a lone request: padded to 2, cut back to 1
+    assert calls[-1] == 2
+    with pytest.raises(ServingError, match="at least one dimension"):
+        batcher.run({"x": np.array(3)})
+    with pytest.raises(ServingError, match="Task size 5 is larger than maximum input batch size 4"):
+        batcher.run({"x": np.arange(5)})
+    batcher.stop()
+    assert batcher.run({"x": np.array([1])})["y"].tolist() == [2]  # after stop: runs alone, never fails
 
 
 class _Unavailable(grpc.RpcError):

@@ -1,0 +1,217 @@
+"""Version management as TF Serving does it: load a version with the session-based loader, warm it up, swap it in.
+
+A version is loaded like TF Serving's C++ `LoadSavedModel`: the `serve` MetaGraph is imported into a fresh graph
+and a `tf.compat.v1.Session`, its saver restores the variables, its init op runs, and every request runs a
+signature by the SignatureDef's tensor names (`Session.run(outputs[k].name, {inputs[k].name: value})`). So an
+export that TF Serving cannot run fails here too. `assets.extra/tf_serving_warmup_requests` is replayed before a
+version is served; a version that fails to load or to warm up is not served and the previous one stays
+(TF Serving's availability-preserving policy).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import time
+from typing import Callable
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from absl import logging
+from tensorflow.core.protobuf import meta_graph_pb2
+from tensorflow_serving.apis import get_model_status_pb2, prediction_log_pb2
+
+from serving.batching import SignatureBatcher
+from serving.config import BatchingParameters
+from serving.errors import ServingError, from_op_error
+
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+MAX_WARMUP_RECORDS = 1000  # TF Serving's limit
+MAX_LOAD_ATTEMPTS = 5  # like TF Serving's --max_num_load_retries default
+State = get_model_status_pb2.ModelVersionStatus.State
+Arrays = dict[str, np.ndarray]
+
+
+@dataclasses.dataclass
+class LoadedVersion:
+    """A version loaded for serving: its session, its signature defs and (with batching) one batcher per signature."""
+
+    name: str
+    version: int
+    path: str
+    session: tf.compat.v1.Session
+    signature_defs: dict[str, meta_graph_pb2.SignatureDef]
+    batching: BatchingParameters | None = None
+    _batchers: dict[str, SignatureBatcher] = dataclasses.field(default_factory=dict)
+    _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    _unloaded: bool = False
+
+    def run(self, signature_name: str, inputs: Arrays) -> Arrays:
+        """All outputs of a signature for the inputs (merged with concurrent requests when batching is on)."""
+        batcher = self._batcher(signature_name) if self.batching is not None else None
+        if batcher is None:
+            return self.run_session(signature_name, inputs)
+        return batcher.run(inputs)
+
+    def run_session(self, signature_name: str, inputs: Arrays) -> Arrays:
+        """One Session.run by the SignatureDef's tensor names, as TF Serving runs a request."""
+        signature = self.signature_defs[signature_name]
+        fetches = {alias: info.name for alias, info in signature.outputs.items()}
+        feeds = {signature.inputs[alias].name: value for alias, value in inputs.items()}
+        try:
+            return self.session.run(fetches, feeds)
+        except tf.errors.OpError as e:
+            raise from_op_error(e) from None
+
+    def _batcher(self, signature_name: str) -> SignatureBatcher | None:
+        """The signature's batcher, started on first use (None once unloaded: then requests run alone)."""
+        with self._lock:
+            if self._unloaded:
+                return None
+            if signature_name not in self._batchers:
+                self._batchers[signature_name] = SignatureBatcher(
+                    lambda inputs: self.run_session(signature_name, inputs), self.batching,
+                    f"{self.name}-{self.version}-{signature_name}")
+            return self._batchers[signature_name]
+
+    def unload(self) -> None:
+        """Stop the batchers (queued requests still finish); the session closes when the last request lets go."""
+        with self._lock:
+            self._unloaded = True
+            batchers, self._batchers = list(self._batchers.values()), {}
+        for batcher in batchers:
+            batcher.stop()
+
+
+def load_version(name: str, version: int, path: str, batching: BatchingParameters | None = None) -> LoadedVersion:
+    """Load one version folder with the session-based loader (raises on a missing or broken SavedModel)."""
+    graph = tf.Graph()
+    session = tf.compat.v1.Session(graph=graph)
+    try:
+        with graph.as_default():
+            meta_graph = tf.compat.v1.saved_model.loader.load(session, ["serve"], path)
+    except BaseException:
+        session.close()
+        raise
+    graph.finalize()  # like a served graph: nothing may add ops to it any more
+    return LoadedVersion(name, version, path, session, dict(meta_graph.signature_def), batching)
+
+
+def warm_up(served: LoadedVersion, run_predict: Callable[[LoadedVersion, object], object]) -> int:
+    """Replay the version's TF Serving warm-up requests (Predict only) with `run_predict`; returns how many ran."""
+    path = os.path.join(served.path, WARMUP_FILE)
+    if not os.path.exists(path):
+        return 0
+    count = 0
+    for record in tf.data.TFRecordDataset(path).take(MAX_WARMUP_RECORDS):
+        log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+        if log.WhichOneof("log_type") != "predict_log":
+            raise ValueError(f"{path}: only predict_log warmup records are supported, got "
+                             f"{log.WhichOneof('log_type')}")
+        run_predict(served, log.predict_log.request)
+        count += 1
+    return count
+
+
+@dataclasses.dataclass
+class VersionStatus:
+    """A version's state as GetModelStatus reports it."""
+
+    state: int
+    error_code: int = 0
+    error_message: str = ""
+
+
+class ServedModel:
+    """One model name: its base path, the served version and the states of all versions seen."""
+
+    def __init__(self, name: str, base_path: str, max_batch_size: int = 0,
+                 batching: BatchingParameters | None = None):
+        self.name = name
+        self.base_path = os.path.abspath(base_path)
+        self.batching = batching
+        # With batching, the batching parameters' max_batch_size is the cap (as in TF Serving).
+        self.max_batch_size = batching.max_batch_size if batching is not None else max_batch_size
+        self._lock = threading.Lock()
+        self._load_lock = threading.Lock()
+        self._current: LoadedVersion | None = None
+        self._statuses: dict[int, VersionStatus] = {}
+        self._attempts: dict[int, int] = {}
+        self._warned_empty = False
+
+    @property
+    def current(self) -> LoadedVersion | None:
+        """The version now served (None before the first load)."""
+        with self._lock:
+            return self._current
+
+    def versions_on_disk(self) -> list[int]:
+        """Integer version folders under the base path (temporary/non-numeric names are ignored)."""
+        try:
+            names = os.listdir(self.base_path)
+        except OSError:
+            return []
+        return sorted(int(n) for n in names if n.isdigit() and os.path.isdir(os.path.join(self.base_path, n)))
+
+    def poll(self, run_predict: Callable[[LoadedVersion, object], object]) -> None:
+        """Serve the latest version on disk if it is not served yet (load, warm up with run_predict, swap)."""
+        with self._load_lock:  # one load at a time per model
+            versions = self.versions_on_disk()
+            if not versions:
+                if not self._warned_empty:
+                    logging.warning("No versions of servable %s found under base path %s", self.name,
+                                    self.base_path)
+                    self._warned_empty = True
+                return
+            self._warned_empty = False
+            target = versions[-1]
+            current = self.current
+            if (current is not None and current.version == target) or \
+                    self._attempts.get(target, 0) >= MAX_LOAD_ATTEMPTS:
+                return
+            self._load_and_swap(target, run_predict)
+
+    def _load_and_swap(self, version: int, run_predict: Callable[[LoadedVersion, object], object]) -> None:
+        """Load `version`; on success make it the served one, on failure keep serving the old one."""
+        path = os.path.join(self.base_path, str(version))
+        self._attempts[version] = self._attempts.get(version, 0) + 1
+        self._set_status(version, VersionStatus(State.LOADING))
+        start = time.monotonic()
+        loaded = None
+        try:
+            loaded = load_version(self.name, version, path, self.batching)
+            warmups = warm_up(loaded, run_predict)
+        except Exception as e:  # any failure to load or warm up must leave the served version alone
+            if loaded is not None:
+                loaded.unload()
+            if isinstance(e, ServingError):  # a warm-up request failed: its status, as TF Serving reports it
+                code, message = e.code.value[0], f"{e.code.name}: {e.message}"
+            else:
+                code, message = getattr(e, "error_code", grpc.StatusCode.UNKNOWN.value[0]), f"{type(e).__name__}: {e}"
+            self._set_status(version, VersionStatus(State.END, code, message))
+            old = self.current
+            logging.error("Loading version %d of %s from %s failed (attempt %d of %d): %s. %s", version, self.name,
+                          path, self._attempts[version], MAX_LOAD_ATTEMPTS, e,
+                          f"Still serving version {old.version}." if old else "No version is served.")
+            return
+        with self._lock:
+            old, self._current = self._current, loaded
+            self._statuses[version] = VersionStatus(State.AVAILABLE)
+            if old is not None:
+                self._statuses[old.version] = VersionStatus(State.END)
+        if old is not None:
+            old.unload()  # requests already running on it finish; new ones go to the new version
+        logging.info("Serving version %d of %s (loaded in %.2f s, %d warmup requests)%s.", version, self.name,
+                     time.monotonic() - start, warmups, f"; unloaded version {old.version}" if old else "")
+
+    def _set_status(self, version: int, status: VersionStatus) -> None:
+        """Record a version's state."""
+        with self._lock:
+            self._statuses[version] = status
+
+    def statuses(self) -> list[tuple[int, VersionStatus]]:
+        """All versions seen, newest first (TF Serving's order)."""
+        with self._lock:
+            return sorted(self._statuses.items(), reverse=True)
