@@ -187,11 +187,11 @@ def sample_generator(config: Config, model_dir: str | None) -> tuple[Config, ker
 
 def bench_sample(config: Config, model_dir: str | None = None, grpc: bool = False, repeats: int = 50,
                  batch: int = 64, windows: int = 5, clients: int = 0, client_requests: int = 50,
-                 batching_parameters_file: str | None = None) -> list[dict[str, Any]]:
+                 batching_parameters_file: str | None = None, concurrent_rounds: int = 1) -> list[dict[str, Any]]:
     """Generator latency (batch 1, p50/p99) and throughput (batch `batch`): in-process, from the SavedModel
     (tf.saved_model.load), through TF Serving's session-based loader, and (with grpc=True) through
     serving/local_server.py's gRPC PredictionService; with clients > 0 also `clients` concurrent gRPC clients
-    sending batch-1 requests, without and with the server's request batching."""
+    sending batch-1 requests, without and with the server's request batching (`concurrent_rounds` pairs)."""
     from dcgan_tf import export  # imported here: the train/input benchmarks need no serving stack
 
     config, generator = sample_generator(config, model_dir)
@@ -223,8 +223,10 @@ def bench_sample(config: Config, model_dir: str | None = None, grpc: bool = Fals
 
             params = serving_config.read_batching_parameters(batching_parameters_file) if \
                 batching_parameters_file else serving_config.BatchingParameters()
-            for batching in (None, params):
-                results.append({**settings, **_bench_concurrent(base, config.nz, clients, client_requests, batching)})
+            for round_ in range(concurrent_rounds):  # interleaved, so load changes hit both alike
+                for batching in (None, params):
+                    results.append({**settings, "round": round_ + 1,
+                                    **_bench_concurrent(base, config.nz, clients, client_requests, batching)})
     return results
 
 
@@ -239,13 +241,15 @@ def _bench_session(version_dir: str, z1: np.ndarray, zb: np.ndarray, batch: int,
                                               batch, windows)}
 
 
-def _local_server(base: str, threads: int, batching: Any = None) -> tuple[Any, int]:
-    """serving/local_server.py's core over `base` with a gRPC front end on a free loopback port."""
+def _local_server(base: str, threads: int, batching: Any = None, with_core: bool = False) -> tuple[Any, ...]:
+    """serving/local_server.py's core over `base` with a gRPC front end on a free loopback port: (server, port)
+    or, with_core, (server, port, core)."""
     from serving import grpc_frontend, handlers, versions
 
     core = handlers.ModelServer([versions.ServedModel("dcgan", base, batching=batching)])
     core.poll_all()  # loads and warms up version 1
-    return grpc_frontend.start_grpc_server(core, "127.0.0.1", 0, threads=threads, max_message_mb=64)
+    server, port = grpc_frontend.start_grpc_server(core, "127.0.0.1", 0, threads=threads, max_message_mb=64)
+    return (server, port, core) if with_core else (server, port)
 
 
 def _bench_grpc(base: str, z1: np.ndarray, zb: np.ndarray, batch: int, repeats: int, windows: int
@@ -269,7 +273,7 @@ def _bench_concurrent(base: str, nz: int, clients: int, requests_per_client: int
 
     from serving import client
 
-    server, port = _local_server(base, threads=clients + 2, batching=batching)
+    server, port, core = _local_server(base, threads=clients + 2, batching=batching, with_core=True)
     stub = client.make_stub(f"127.0.0.1:{port}", max_message_mb=64)
     z = np.random.default_rng(2).uniform(-1, 1, [1, nz]).astype(np.float32)
     client.generate(stub, z)  # connection set-up
@@ -299,12 +303,15 @@ def _bench_concurrent(base: str, nz: int, clients: int, requests_per_client: int
     finally:
         wall = time.perf_counter() - start
         server.stop(grace=None)
+    # Rows per merged run of serving_default (the warm-up's one run of one row included).
+    stats = core.models["dcgan"].current.batching_stats().get("serving_default", {"runs": 0, "rows": 0})
     ms = np.array(latencies or [float("nan")]) * 1e3
     return {"path": "grpc_concurrent_batched" if batching is not None else "grpc_concurrent_unbatched",
             "clients": clients, "requests": len(latencies), "errors": len(errors),
             "batching": dataclasses.asdict(batching) if batching is not None else None,
             "img_per_s": round(len(latencies) / wall, 1), "p50_ms": round(float(np.percentile(ms, 50)), 2),
-            "p99_ms": round(float(np.percentile(ms, 99)), 2)}
+            "p99_ms": round(float(np.percentile(ms, 99)), 2),
+            "rows_per_batched_run": round(stats["rows"] / stats["runs"], 2) if stats["runs"] else None}
 
 
 def bench_flops(config: Config, matmul_gflops: float | None = None) -> dict[str, Any]:
@@ -359,6 +366,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("clients", 8, "sample: concurrent gRPC clients (batch-1 requests), measured without and "
                          "with the local server's request batching; 0 = skip.")
     flags.DEFINE_integer("client_requests", 50, "sample: requests per concurrent client.")
+    flags.DEFINE_integer("concurrent_rounds", 1, "sample: interleaved unbatched/batched pairs of the concurrent run.")
     flags.DEFINE_string("batching_parameters_file", None,
                         "sample: TF Serving batching parameters for the batched concurrent run (default: the "
                         "repository's serving/batching_parameters.txt).")
@@ -385,7 +393,7 @@ def run_command(command: str, config: Config) -> Iterator[dict[str, Any]]:
     elif command == "sample":
         yield from bench_sample(config, FLAGS.model_dir, FLAGS.grpc, FLAGS.repeats, FLAGS.batch_size, FLAGS.windows,
                                 FLAGS.clients if FLAGS.grpc else 0, FLAGS.client_requests,
-                                FLAGS.batching_parameters_file or _REPO_BATCHING_FILE)
+                                FLAGS.batching_parameters_file or _REPO_BATCHING_FILE, FLAGS.concurrent_rounds)
     else:
         yield bench_flops(config, matmul)
 

@@ -71,6 +71,8 @@ class SignatureBatcher:
         self._pending = 0  # rows waiting in _incoming, bounded by max_enqueued_batches * max_batch_size
         self._lock = threading.Lock()
         self._stopped = False
+        self._runs = 0  # merged runs and the rows they computed (for measurements)
+        self._rows = 0
         self._threads = [threading.Thread(target=self._collect, name=f"batch-collect-{name}", daemon=True)]
         self._threads += [threading.Thread(target=self._work, name=f"batch-{name}-{i}", daemon=True)
                           for i in range(params.num_batch_threads)]
@@ -95,6 +97,11 @@ class SignatureBatcher:
         if task.error is not None:
             raise task.error
         return task.outputs
+
+    def stats(self) -> dict[str, int]:
+        """{"runs": merged session runs so far, "rows": request rows they computed}."""
+        with self._lock:
+            return {"runs": self._runs, "rows": self._rows}
 
     def stop(self) -> None:
         """Finish the queued requests, then end the threads (called when the version is unloaded)."""
@@ -167,6 +174,9 @@ class SignatureBatcher:
                     merged = np.concatenate([merged, np.repeat(merged[:1], padded - size, axis=0)])
                 inputs[key] = merged
             outputs = self._run_batch(inputs)
+            with self._lock:
+                self._runs += 1
+                self._rows += size
             for key, value in outputs.items():
                 if np.ndim(value) == 0 or np.shape(value)[0] != padded:
                     raise ServingError(grpc.StatusCode.INTERNAL,

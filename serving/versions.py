@@ -11,6 +11,7 @@ version is served; a version that fails to load or to warm up is not served and 
 from __future__ import annotations
 
 import dataclasses
+import logging as py_logging
 import os
 import threading
 import time
@@ -76,6 +77,11 @@ class LoadedVersion:
                     f"{self.name}-{self.version}-{signature_name}")
             return self._batchers[signature_name]
 
+    def batching_stats(self) -> dict[str, dict[str, int]]:
+        """Per batched signature: merged runs and request rows so far (empty without batching)."""
+        with self._lock:
+            return {name: batcher.stats() for name, batcher in self._batchers.items()}
+
     def unload(self) -> None:
         """Stop the batchers (queued requests still finish); the session closes when the last request lets go."""
         with self._lock:
@@ -89,12 +95,18 @@ def load_version(name: str, version: int, path: str, batching: BatchingParameter
     """Load one version folder with the session-based loader (raises on a missing or broken SavedModel)."""
     graph = tf.Graph()
     session = tf.compat.v1.Session(graph=graph)
+    tf_logger = tf.get_logger()
+    level = tf_logger.level
+    # TF marks this loader deprecated (for TF2 Python users); it is the loader TF Serving runs, so no notice.
+    tf_logger.setLevel(py_logging.ERROR)
     try:
         with graph.as_default():
             meta_graph = tf.compat.v1.saved_model.loader.load(session, ["serve"], path)
     except BaseException:
         session.close()
         raise
+    finally:
+        tf_logger.setLevel(level)
     graph.finalize()  # like a served graph: nothing may add ops to it any more
     return LoadedVersion(name, version, path, session, dict(meta_graph.signature_def), batching)
 

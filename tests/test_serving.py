@@ -339,8 +339,8 @@ def test_client_cli_and_server_help(run, server, stub, tmp_path):
 
 @pytest.fixture(scope="module")
 def batching_server(run):
-    """The local server core with batching on (max 8 rows, 50 ms timeout), gRPC on a free loopback port."""
-    params = local_server.BatchingParameters(max_batch_size=8, batch_timeout_micros=50_000, num_batch_threads=2)
+    """The local server core with batching on (max 8 rows, 300 ms timeout), gRPC on a free loopback port."""
+    params = local_server.BatchingParameters(max_batch_size=8, batch_timeout_micros=300_000, num_batch_threads=2)
     core = local_server.ModelServer([local_server.ServedModel("dcgan", str(run.export_base), batching=params)])
     core.poll_all()
     server, port = local_server.start_grpc_server(core, HOST, 0, threads=12, max_message_mb=64)
@@ -354,38 +354,30 @@ def batching_server(run):
 def test_batching_merges_concurrent_requests_and_answers_each_its_own(run, batching_server):
     core, stub = batching_server
     served = core.models["dcgan"].current
-    batch_sizes = []
-    run_session = served.run_session
+    before = served.batching_stats()["sample_seeds"]  # the warm-up's run
+    results, errors = {}, []
 
-    def counting(signature, inputs):
-        batch_sizes.append(len(next(iter(inputs.values()))))
-        return run_session(signature, inputs)
+    def ask(i: int) -> None:
+        try:
+            outputs, _ = client.predict(stub, {"seeds": np.array([100 + i], np.int64)}, signature="sample_seeds",
+                                        timeout=60, retries=0)
+            results[i] = outputs
+        except grpc.RpcError as e:
+            errors.append(e.details())
 
-    served.run_session = counting
-    try:
-        results, errors = {}, []
-
-        def ask(i: int) -> None:
-            try:
-                outputs, _ = client.predict(stub, {"seeds": np.array([100 + i], np.int64)}, signature="sample_seeds",
-                                            timeout=60, retries=0)
-                results[i] = outputs
-            except grpc.RpcError as e:
-                errors.append(e.details())
-
-        threads = [threading.Thread(target=ask, args=(i,)) for i in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        del served.run_session
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     assert errors == []
     for i, outputs in results.items():  # each request gets its own seed's image, as if alone
         z = run.gan.sample_z(1, 100 + i).numpy()
         np.testing.assert_array_equal(outputs["z"], z)
         np.testing.assert_array_equal(outputs["images"], run.expected(z))
-    assert sum(batch_sizes) == 8 and len(batch_sizes) < 8, batch_sizes  # merged into fewer runs
+    after = served.batching_stats()["sample_seeds"]
+    runs, rows = after["runs"] - before["runs"], after["rows"] - before["rows"]
+    assert rows == 8 and runs < 8, (runs, rows)  # merged into fewer session runs
 
 
 @pytest.mark.slow  # needs the trained run
@@ -598,3 +590,21 @@ def test_client_retries_only_while_unavailable():
     with pytest.raises(grpc.RpcError):
         client.call_with_retry(flaky, None, timeout=5, retries=1, backoff=0.01)
     assert len(calls) == 2
+
+
+@pytest.mark.slow  # exports and serves a tiny generator several times in-process
+def test_bench_sample_measures_every_path_without_errors():
+    from dcgan_tf import bench
+
+    config = Config(image_size=16, channels=1, ngf=8, ndf=8, nz=NZ, batch_size=8, train_steps=1)
+    params = str(REPO / "serving" / "batching_parameters.txt")
+    results = bench.bench_sample(config, grpc=True, repeats=3, batch=8, windows=1, clients=2, client_requests=3,
+                                 batching_parameters_file=params)
+    by_path = {r["path"]: r for r in results}
+    assert set(by_path) == {"in_process", "saved_model", "session_loader", "grpc_local_server",
+                            "grpc_concurrent_unbatched", "grpc_concurrent_batched"}
+    for path in ("grpc_concurrent_unbatched", "grpc_concurrent_batched"):
+        assert (by_path[path]["requests"], by_path[path]["errors"]) == (6, 0), by_path[path]
+    assert by_path["grpc_concurrent_batched"]["batching"]["max_batch_size"] == 64
+    assert by_path["grpc_concurrent_batched"]["rows_per_batched_run"] >= 1
+    assert all(r["img_per_s"] > 0 for r in results)
