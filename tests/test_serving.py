@@ -303,6 +303,13 @@ def test_rest_api(run, server):
     assert status == 200
     np.testing.assert_allclose(np.array(body["outputs"]["z"]), run.gan.sample_z(2, 7).numpy(), atol=1e-7)
 
+    # The documented sample_seeds request: one instance per seed.
+    status, body = _http(server, "/v1/models/dcgan:predict", {"signature_name": "sample_seeds", "instances": [7, 3]})
+    assert status == 200 and len(body["predictions"]) == 2
+    seed_z = np.concatenate([run.gan.sample_z(1, 7).numpy(), run.gan.sample_z(1, 3).numpy()])
+    np.testing.assert_allclose(np.array([p["z"] for p in body["predictions"]]), seed_z, atol=1e-7)
+    np.testing.assert_array_equal(np.array([p["images"] for p in body["predictions"]]), run.expected(seed_z))
+
     status, body = _http(server, "/v1/models/dcgan:predict", {"inputs": {"z": [[0.5] * (NZ + 1)]}})
     assert status == 400 and "input 'z' has shape [1, 17]" in body["error"]
     status, body = _http(server, "/v1/models/nope:predict", {"instances": z.tolist()})
