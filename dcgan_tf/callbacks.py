@@ -177,7 +177,7 @@ class SampleGrid(StepCallback):
             self.on_step(self.step, {})
 
 
-# The HParams table's metric columns: the last value of each scalar in the run's train/ folder.
+# The HParams table's metric columns: the last value of each of these scalars in the run's train/ folder.
 HPARAMS_METRICS = ("d_loss", "g_loss", "d_real", "d_fake", "images_per_sec", "fid")
 
 
@@ -189,36 +189,33 @@ def hparams_value(value):
 class RunSummary(keras.callbacks.Callback):
     """At the start of training: the config as TensorBoard HParams, and G's and D's layers as text.
 
-    The HParams summary goes to `model_dir` itself, the scalars it lists as metrics live in `model_dir/train`
-    (the plugin's "train" group), so `tensorboard --logdir runs/` shows one row per run with its config and
-    its last d_loss, g_loss, D(x), D(G(z)), images/s and FID.
+    All go to the scalars' own folder (model_dir/train), which makes it the HParams "session" whose metrics are
+    its last d_loss, g_loss, D(x), D(G(z)), images/s and FID: `tensorboard --logdir runs/` then shows one row
+    per run. (An HParams summary in model_dir itself would lose its metrics when --logdir is the run itself:
+    TensorBoard looks them up as "./train".)
     """
 
-    def __init__(self, config_values: dict, hparams_dir: str, writer: tf.summary.SummaryWriter):
+    def __init__(self, config_values: dict, writer: tf.summary.SummaryWriter, trial_id: str):
         super().__init__()
         self.config_values = config_values
-        self.hparams_dir = hparams_dir
         self.writer = writer
+        self.trial_id = trial_id
 
     def on_train_begin(self, logs=None):
-        write_hparams(self.hparams_dir, self.config_values)
         step = int(self.model.step.numpy())
         with self.writer.as_default(step=step):
+            write_hparams(self.config_values, self.trial_id)
             tf.summary.text("generator", layer_table(self.model.generator))
             tf.summary.text("discriminator", layer_table(self.model.discriminator))
         self.writer.flush()
 
 
-def write_hparams(log_dir: str, config_values: dict) -> None:
-    """Write the HParams experiment (columns) and this run's session (values) to an events file in log_dir."""
+def write_hparams(config_values: dict, trial_id: str) -> None:
+    """Write the HParams experiment (its columns) and this run's values to the default summary writer."""
     values = {name: hparams_value(value) for name, value in sorted(config_values.items())}
-    writer = tf.summary.create_file_writer(log_dir)
-    with writer.as_default():
-        hparams_api.hparams_config(
-            hparams=[hparams_api.HParam(name) for name in values],
-            metrics=[hparams_api.Metric(name, group="train", display_name=name) for name in HPARAMS_METRICS])
-        hparams_api.hparams(values, trial_id=os.path.basename(os.path.abspath(log_dir)))
-    writer.close()
+    hparams_api.hparams_config(hparams=[hparams_api.HParam(name) for name in values],
+                               metrics=[hparams_api.Metric(name, display_name=name) for name in HPARAMS_METRICS])
+    hparams_api.hparams(values, trial_id=trial_id)
 
 
 def layer_table(model: keras.Model) -> str:

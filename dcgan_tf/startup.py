@@ -26,8 +26,8 @@ import tempfile
 import warnings
 from typing import Iterator
 
-# Abseil / TensorFlow C++ log prefix: severity letter, MMDD, time, thread, file:line]
-RECORD = re.compile(r"^([IWEF])\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ ([\w.+-]+):\d+\]")
+# Abseil / TensorFlow C++ log prefix: severity, MMDD, time (before absl init "00:00:<epoch>.us"), thread, file:line]
+RECORD = re.compile(r"^([IWEF])\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ ([\w.+-]+):\d+\]")
 ABSL_BANNER = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
 LEVELS = {"I": 0, "W": 1, "E": 2, "F": 3}
 NVIDIA_DRIVER = "/proc/driver/nvidia/version"

@@ -98,7 +98,8 @@ def make_callbacks(config: Config, gan: DCGAN, manager: tf.train.CheckpointManag
                                            config.fid_classifier_path, config.inception_weights))
     if stop is not None:
         callbacks.append(callbacks_lib.GracefulStop(stop))
-    callbacks.append(callbacks_lib.RunSummary(config.to_dict(), config.model_dir, writer))
+    run_name = os.path.basename(os.path.abspath(config.model_dir))
+    callbacks.append(callbacks_lib.RunSummary(config.to_dict(), writer, trial_id=run_name))
     profile = config_lib.parse_profile_steps(config.profile_steps)
     if profile:
         callbacks.append(callbacks_lib.Profiler(log_dir, *profile))
