@@ -119,6 +119,22 @@ def quiet_start() -> None:
     sys.stderr.flush()
     for w in python_warnings:
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    if min_level is None:
+        hide_checkpoint_chatter()
+
+
+def is_not_checkpoint_chatter(record) -> bool:
+    """logging filter: False for TensorFlow's 'Sharding callback duration' info line, logged at every save."""
+    return not (record.levelno <= 20 and str(record.msg).startswith("Sharding callback duration"))
+
+
+def hide_checkpoint_chatter() -> None:
+    """Drop TensorFlow's per-checkpoint info line (functional_saver.py, absl logging) from the log."""
+    from absl import logging
+
+    logger = logging.get_absl_logger()
+    if is_not_checkpoint_chatter not in logger.filters:
+        logger.addFilter(is_not_checkpoint_chatter)
 
 
 def short_device_name(name: str) -> str:
