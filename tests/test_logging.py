@@ -5,8 +5,10 @@ import glob
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from tensorboard.backend import application
@@ -39,6 +41,7 @@ def scalar_steps(accumulator: event_accumulator.EventAccumulator, tag: str) -> l
     return [event.step for event in accumulator.Tensors(tag)]
 
 
+@pytest.mark.slow
 def test_piped_cli_run_logs_plain_lines_quietly_and_writes_scalars_at_the_last_step(tmp_path):
     """20-like short run with log_every=50, stdout+stderr to pipes (not a terminal), TF_CPP_MIN_LOG_LEVEL unset."""
     model_dir = tmp_path / "run"
@@ -153,3 +156,30 @@ def test_tensorboard_shows_hparams_with_final_metrics_layer_tables_and_a_profile
     profiles = glob.glob(str(runs / "a" / "train" / "plugins" / "profile" / "*" / "*.xplane.pb"))
     assert len(profiles) == 1 and os.path.getsize(profiles[0]) > 0
     assert not glob.glob(str(runs / "b" / "train" / "plugins" / "profile" / "*"))
+
+
+@pytest.mark.slow
+def test_sigterm_flushes_the_scalars_of_the_partial_window(tmp_path):
+    model_dir = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=REPO)
+    process = subprocess.Popen([sys.executable, "-m", "dcgan_tf.train", *TINY_FLAGS, "--train_steps=100000",
+                                "--sample_every=1", f"--model_dir={model_dir}"], cwd=REPO, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        grid = model_dir / "samples" / "step_00000003.png"  # a grid every step marks progress
+        for _ in range(1500):
+            if grid.exists() or process.poll() is not None:
+                break
+            time.sleep(0.2)
+        assert grid.exists(), "training did not reach step 3"
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, stderr[-3000:]
+    stopped = int(re.search(r"SIGTERM received: stopping after step (\d+)", stderr).group(1))
+    assert re.search(rf"step {stopped}/100000 \(0%\) d_loss", stderr), stderr[-3000:]
+    run = load_run(str(model_dir / "train"))
+    for tag in SCALARS:
+        assert scalar_steps(run, tag) == [stopped], tag  # log_every=50 was never reached
