@@ -11,8 +11,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = [os.path.join(REPO, "README.md")] + sorted(glob.glob(os.path.join(REPO, "docs", "*.md")))
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 FIGURE_MENTION = re.compile(r"docs/figures/[\w.-]+\.png")
-README_COMMANDS = ('python3 -m pip install -e ".[serving,test]"', "python3 -m dcgan_tf.train --flagfile=configs/quickstart.cfg",
-                   "python3 -m pytest -q")
+README_COMMANDS = ('python3 -m pip install -e ".[serving,test]"',
+                   "python3 -m dcgan_tf.train --flagfile=configs/quickstart.cfg", "python3 -m pytest -q")
 
 
 def prose(path: str) -> str:

@@ -143,7 +143,8 @@ def test_tensorboard_shows_hparams_with_final_metrics_layer_tables_and_a_profile
     for tag in SCALARS:
         assert scalar_steps(run_a, tag) == [3, 5]
         assert metrics[tag]["trainingStep"] == 5
-        assert metrics[tag]["value"] == pytest.approx(float(tensor_util.make_ndarray(run_a.Tensors(tag)[-1].tensor_proto)))
+        last = tensor_util.make_ndarray(run_a.Tensors(tag)[-1].tensor_proto)
+        assert metrics[tag]["value"] == pytest.approx(float(last))
 
     # Layer tables of G and D as TensorBoard text, with totals equal to the networks' parameter counts.
     for tag, network in (("generator", gans[0].generator), ("discriminator", gans[0].discriminator)):
