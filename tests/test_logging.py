@@ -23,6 +23,7 @@ from werkzeug import wrappers
 from dcgan_tf import callbacks as callbacks_lib
 from dcgan_tf import startup
 from dcgan_tf.config import ConfigError, validate
+from dcgan_tf.evaluation import fid as fid_lib
 from dcgan_tf.train import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -126,9 +127,14 @@ def session_groups(logdir: str) -> dict:
     return json.loads(response.get_data(as_text=True))
 
 
+@pytest.mark.slow
 def test_tensorboard_shows_hparams_with_final_metrics_layer_tables_and_a_profile(tiny_config, tmp_path):
     runs = tmp_path / "runs"
-    configs = [tiny_config.replace(model_dir=str(runs / "a"), train_steps=5, log_every=3, profile_steps="2,3"),
+    classifier = str(tmp_path / "clf.keras")  # a tiny FID feature extractor, so the table gets an FID too
+    fid_lib.train_classifier(tiny_config.replace(image_size=16), classifier, epochs=1, batch_size=32,
+                             train_limit=64, test_limit=32)
+    configs = [tiny_config.replace(model_dir=str(runs / "a"), train_steps=5, log_every=3, profile_steps="2,3",
+                                   fid_every=5, fid_samples=16, fid_classifier_path=classifier),
                tiny_config.replace(model_dir=str(runs / "b"), train_steps=3, log_every=3, learning_rate=1e-3)]
     gans = [train(config) for config in configs]
 
@@ -146,6 +152,9 @@ def test_tensorboard_shows_hparams_with_final_metrics_layer_tables_and_a_profile
         assert metrics[tag]["trainingStep"] == 5
         last = tensor_util.make_ndarray(run_a.Tensors(tag)[-1].tensor_proto)
         assert metrics[tag]["value"] == pytest.approx(float(last))
+
+    assert metrics["fid"]["trainingStep"] == 5 and metrics["fid"]["value"] >= 0
+    assert "fid" not in {m["name"]["tag"] for m in groups["b"]["metricValues"]}  # b computed none
 
     # Layer tables of G and D as TensorBoard text, with totals equal to the networks' parameter counts.
     for tag, network in (("generator", gans[0].generator), ("discriminator", gans[0].discriminator)):
