@@ -119,8 +119,25 @@ def quiet_start() -> None:
     sys.stderr.flush()
     for w in python_warnings:
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    quiet_tensorflow_python_logger(tf.get_logger(), min_level)
     if min_level is None:
         hide_checkpoint_chatter()
+
+
+def quiet_tensorflow_python_logger(logger, min_level: str | None) -> None:
+    """One copy of each TensorFlow Python log line, in absl's format; its info chatter only when asked.
+
+    TensorFlow gives its "tensorflow" logger a handler of its own when it is imported before absl installs
+    one, so every line printed twice ("INFO:tensorflow:..." and absl's). Its info lines are implementation
+    detail (each MirroredStrategy reduction, "Assets written"); the device line this package logs replaces them.
+    """
+    import logging as python_logging
+
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    logger.propagate = True
+    if min_level is None:
+        logger.setLevel(python_logging.WARNING)
 
 
 def is_not_checkpoint_chatter(record) -> bool:
