@@ -199,3 +199,14 @@ def test_sigterm_flushes_the_scalars_of_the_partial_window(tmp_path):
     run = load_run(str(model_dir / "train"))
     for tag in SCALARS:
         assert scalar_steps(run, tag) == [stopped], tag  # log_every=50 was never reached
+
+
+def test_tensorflow_python_log_lines_print_once_and_info_only_when_asked():
+    import logging
+
+    for min_level, level in ((None, logging.WARNING), ("0", logging.INFO)):
+        logger = logging.getLogger(f"test-tensorflow-{min_level}")
+        logger.setLevel(logging.INFO)
+        logger.addHandler(logging.StreamHandler())  # what TensorFlow adds: a second copy of every line
+        startup.quiet_tensorflow_python_logger(logger, min_level)
+        assert not logger.handlers and logger.propagate and logger.level == level
