@@ -14,6 +14,11 @@ measured matmul rate (see dcgan_tf/flops.py for what is counted).
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # a CLI run: hide TensorFlow's start-up chatter before anything imports TensorFlow
+    from dcgan_tf import startup
+
+    startup.quiet_start()
+
 import dataclasses
 import json
 import os
@@ -400,6 +405,9 @@ def run_command(command: str, config: Config) -> Iterator[dict[str, Any]]:
 
 def main(argv: list[str]) -> None:
     """CLI entry point: `python -m dcgan_tf.bench COMMAND --flags`, one JSON line per measurement."""
+    from dcgan_tf import startup
+
+    startup.log_devices()
     if len(argv) != 2 or argv[1] not in COMMANDS:
         raise app.UsageError(f"usage: python -m dcgan_tf.bench {{{'|'.join(COMMANDS)}}} [--flags]; got {argv[1:]}")
     try:

@@ -17,6 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
+from tensorboard.plugins.hparams import api as hparams_api
 
 from dcgan_tf import checkpointing
 from dcgan_tf import images as images_lib
@@ -64,6 +65,16 @@ class ScalarLogger(StepCallback):
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
         self.window_start, self.window_step = time.perf_counter(), self.step
+        self.last_logs: dict = {}
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.last_logs = dict(logs or {})
+        super().on_train_batch_end(batch, logs)
+
+    def on_train_end(self, logs=None):
+        """Flush the partial window: a run shorter than `every`, or stopped by a signal, still gets its scalars."""
+        if self.step > self.window_step and self.last_logs:
+            self.on_step(self.step, self.last_logs)
 
     def on_step(self, step: int, logs: dict) -> None:
         now = time.perf_counter()
@@ -81,6 +92,66 @@ class ScalarLogger(StepCallback):
             for metric in self.model.metrics:  # whose values the progress bar still shows)
                 metric.reset_state()
             self.reset_pending = False
+
+
+def format_duration(seconds: float) -> str:
+    """3725.2 -> '1:02:05'."""
+    seconds = max(int(round(seconds)), 0)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class ProgressLog(StepCallback):
+    """One plain absl log line every `every` steps and at the last one, for logs that are not a terminal.
+
+    The Keras progress bar redraws one line with control codes: in a file it is one unreadable line, and
+    `verbose=2` prints only at the end of the single epoch a run is. Values are those of the window since the
+    previous line (ScalarLogger resets the trackers at the same steps).
+    """
+
+    def __init__(self, every: int, end_step: int, global_batch: int):
+        super().__init__(every)
+        self.end_step = end_step
+        self.global_batch = global_batch
+        self.window_start = 0.0
+        self.window_step = 0
+        self.last_logs: dict = {}
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self.window_start, self.window_step = time.perf_counter(), self.step
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.last_logs = dict(logs or {})
+        super().on_train_batch_end(batch, logs)
+
+    def on_step(self, step: int, logs: dict) -> None:
+        now = time.perf_counter()
+        steps_per_sec = (step - self.window_step) / max(now - self.window_start, 1e-9)
+        logging.info("%s", format_progress(step, self.end_step, logs, steps_per_sec * self.global_batch,
+                                           (self.end_step - step) / max(steps_per_sec, 1e-9)))
+        self.window_start, self.window_step = now, step
+
+    def on_train_end(self, logs=None):
+        if self.step > self.window_step and self.last_logs:
+            self.on_step(self.step, self.last_logs)
+
+
+def format_progress(step: int, end_step: int, logs: dict, images_per_sec: float, eta_seconds: float) -> str:
+    """'step 120/1200 (10%) d_loss 1.2345 g_loss 0.9876 D(x) 0.612 D(G(z)) 0.321 | 850.2 images/s | ETA 0:01:12'."""
+    names = (("d_loss", "d_loss", 4), ("g_loss", "g_loss", 4), ("d_real", "D(x)", 3), ("d_fake", "D(G(z))", 3))
+    values = " ".join(f"{label} {float(logs[key]):.{digits}f}" for key, label, digits in names if key in logs)
+    return (f"step {step}/{end_step} ({100 * step // max(end_step, 1)}%) {values} | {images_per_sec:.1f} images/s"
+            f" | ETA {format_duration(eta_seconds)}")
+
+
+def progress_bar_verbose(verbose: int, stdout_is_terminal: bool) -> int:
+    """Keras's `verbose` for fit(): its bar (1) only on a terminal when --verbose=1; 0 otherwise."""
+    return 1 if verbose == 1 and stdout_is_terminal else 0
+
+
+def wants_progress_log(verbose: int, stdout_is_terminal: bool) -> bool:
+    """Plain log lines: --verbose=2 always, --verbose=1 when stdout is not a terminal (file, pipe, scheduler)."""
+    return verbose == 2 or (verbose == 1 and not stdout_is_terminal)
 
 
 class SampleGrid(StepCallback):
@@ -104,6 +175,97 @@ class SampleGrid(StepCallback):
     def on_train_end(self, logs=None):
         if self.step != self.last_written and self.step > self.start_step:
             self.on_step(self.step, {})
+
+
+# The HParams table's metric columns: the last value of each of these scalars in the run's train/ folder.
+HPARAMS_METRICS = ("d_loss", "g_loss", "d_real", "d_fake", "images_per_sec", "fid")
+
+
+def hparams_value(value):
+    """A config value as the HParams plugin accepts it (bool, int, float or str; None -> '')."""
+    return "" if value is None else value
+
+
+class RunSummary(keras.callbacks.Callback):
+    """At the start of training: the config as TensorBoard HParams, and G's and D's layers as text.
+
+    All go to the scalars' own folder (model_dir/train), which makes it the HParams "session" whose metrics are
+    its last d_loss, g_loss, D(x), D(G(z)), images/s and FID: `tensorboard --logdir runs/` then shows one row
+    per run. (An HParams summary in model_dir itself would lose its metrics when --logdir is the run itself:
+    TensorBoard looks them up as "./train".)
+    """
+
+    def __init__(self, config_values: dict, writer: tf.summary.SummaryWriter, trial_id: str):
+        super().__init__()
+        self.config_values = config_values
+        self.writer = writer
+        self.trial_id = trial_id
+
+    def on_train_begin(self, logs=None):
+        step = int(self.model.step.numpy())
+        with self.writer.as_default(step=step):
+            write_hparams(self.config_values, self.trial_id)
+            tf.summary.text("generator", layer_table(self.model.generator))
+            tf.summary.text("discriminator", layer_table(self.model.discriminator))
+        self.writer.flush()
+
+
+def write_hparams(config_values: dict, trial_id: str) -> None:
+    """Write the HParams experiment (its columns) and this run's values to the default summary writer."""
+    values = {name: hparams_value(value) for name, value in sorted(config_values.items())}
+    hparams_api.hparams_config(hparams=[hparams_api.HParam(name) for name in values],
+                               metrics=[hparams_api.Metric(name, display_name=name) for name in HPARAMS_METRICS])
+    hparams_api.hparams(values, trial_id=trial_id)
+
+
+def layer_table(model: keras.Model) -> str:
+    """A Markdown table of a network's layers: name, type, output shape and parameter count, with totals."""
+    rows = ["| layer | type | output shape | parameters |", "|---|---|---|---:|"]
+    for layer in model.layers:
+        shape = getattr(layer, "output", None)
+        shape = tuple(shape.shape) if shape is not None and hasattr(shape, "shape") else ""
+        rows.append(f"| {layer.name} | {type(layer).__name__} | {shape} | {layer.count_params():,} |")
+    trainable = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
+    total = sum(int(np.prod(v.shape)) for v in model.weights)
+    rows.append(f"| **total** | | | {total:,} ({trainable:,} trainable) |")
+    return "\n".join(rows)
+
+
+class Profiler(keras.callbacks.Callback):
+    """Captures a TensorBoard profile (tf.profiler) of global steps first..last into log_dir/plugins/profile."""
+
+    def __init__(self, log_dir: str, first: int, last: int):
+        super().__init__()
+        self.log_dir = log_dir
+        self.first, self.last = first, last
+        self.start_step = 0
+        self.running = False
+        self.done = False
+
+    def on_train_begin(self, logs=None):
+        self.start_step = int(self.model.step.numpy())
+
+    def on_train_batch_begin(self, batch, logs=None):
+        step = self.start_step + batch + 1
+        if not self.running and not self.done and self.first <= step <= self.last:
+            logging.info("Profiling steps %d to %d into %s.", step, self.last, self.log_dir)
+            tf.profiler.experimental.start(self.log_dir)
+            self.running = True
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.running and self.start_step + batch + 1 >= self.last:
+            self.finish()
+
+    def on_train_end(self, logs=None):
+        if self.running:
+            self.finish()
+
+    def finish(self) -> None:
+        """Stop the profiler and write the trace."""
+        tf.profiler.experimental.stop()
+        self.running, self.done = False, True
+        logging.info("Profile written to %s/plugins/profile (view it with the tensorboard-plugin-profile "
+                     "package installed).", self.log_dir)
 
 
 class CheckpointSaver(StepCallback):

@@ -84,7 +84,8 @@ class Config:
     fid_classifier_path: str = ""  # .keras classifier from `python -m dcgan_tf.evaluate train-classifier`
     inception_weights: str = "imagenet"  # InceptionV3 weights: "imagenet" (downloads) or a local .h5/.weights.h5
     export_dir: str = ""  # if set, export the generator for TF Serving here at the end of training
-    verbose: int = 1  # Keras progress bar: 0 silent, 1 bar, 2 one line per epoch
+    verbose: int = 1  # 1: progress bar on a terminal, else a log line every log_every steps; 2: log lines; 0: none
+    profile_steps: str = ""  # "START,END": capture a TensorBoard profile of global steps START..END, e.g. "20,25"
 
     def to_dict(self) -> dict[str, Any]:
         """Return the config as a plain dict."""
@@ -150,6 +151,8 @@ def validate(config: Config) -> None:
          "log_every, sample_every and checkpoint_every must be positive"),
         (config.keep_checkpoints > 0, "keep_checkpoints must be at least 1"),
         (config.num_samples > 0, "num_samples must be positive"),
+        (config.verbose in (0, 1, 2), f"verbose={config.verbose} must be 0 (quiet), 1 (bar on a terminal, else "
+                                      "log lines) or 2 (log lines)"),
         (config.cpu_replicas >= 0, "cpu_replicas must not be negative"),
         (config.fid_every >= 0, "fid_every must not be negative (0 turns in-training FID off)"),
         (not config.fid_every or config.fid_samples >= 2, "fid_samples must be at least 2 when fid_every is set"),
@@ -163,6 +166,22 @@ def validate(config: Config) -> None:
         if not ok:
             raise ConfigError(message)
     validate_dataset_name(config.dataset)
+    parse_profile_steps(config.profile_steps)
+
+
+def parse_profile_steps(text: str) -> tuple[int, int] | None:
+    """'START,END' -> (START, END) global steps to profile (1-based, inclusive); '' -> None."""
+    if not text.strip():
+        return None
+    parts = text.split(",")
+    try:
+        first, last = (int(part) for part in parts)
+    except ValueError:
+        first = last = 0
+    if len(parts) != 2 or not 0 < first <= last:
+        raise ConfigError(f"profile_steps={text!r} must be START,END with 0 < START <= END, e.g. "
+                          "--profile_steps=20,25 (skip the first steps: they include tracing)")
+    return first, last
 
 
 def validate_dataset_name(name: str) -> None:

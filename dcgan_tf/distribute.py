@@ -12,6 +12,7 @@ from typing import Callable, Iterator
 import tensorflow as tf
 from absl import logging
 
+from dcgan_tf import startup
 from dcgan_tf.config import Config, ConfigError
 
 TF_CONFIG_EXAMPLE = ('TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
@@ -49,7 +50,7 @@ def make_strategy(config: Config) -> tf.distribute.Strategy:
             strategy = tf.distribute.get_strategy()
         else:
             strategy = new_mirrored_strategy([d.name for d in gpus] or [d.name for d in cpus])
-    logging.info("Strategy %s with %d replica(s).", type(strategy).__name__, strategy.num_replicas_in_sync)
+    logging.info("%s", startup.describe_strategy(strategy))
     return strategy
 
 

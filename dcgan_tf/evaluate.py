@@ -12,6 +12,11 @@
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # a CLI run: hide TensorFlow's start-up chatter before anything imports TensorFlow
+    from dcgan_tf import startup
+
+    startup.quiet_start()
+
 import json
 import sys
 
@@ -132,6 +137,9 @@ def run_train_classifier() -> dict:
 
 def main(argv: list[str]) -> None:
     """CLI entry point: run the command, print its JSON result."""
+    from dcgan_tf import startup
+
+    startup.log_devices()
     if len(argv) != 2 or argv[1] not in COMMANDS:
         raise app.UsageError(f"usage: python -m dcgan_tf.evaluate {{{'|'.join(COMMANDS)}}} --flags...; got "
                              f"{argv[1:]}")

@@ -16,6 +16,11 @@ The model is a training run (--model_dir), a SavedModel export (--export_dir) or
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # a CLI run: hide TensorFlow's start-up chatter before anything imports TensorFlow
+    from dcgan_tf import startup
+
+    startup.quiet_start()
+
 import dataclasses
 import json
 import os
@@ -366,6 +371,9 @@ def options_from_flags() -> Options:
 
 def main(argv: list[str]) -> None:
     """CLI entry point: argv[1] is the subcommand."""
+    from dcgan_tf import startup
+
+    startup.log_devices()
     if len(argv) != 2:
         raise app.UsageError(f"give one subcommand ({', '.join(SUBCOMMANDS)}) and --flags; got {argv[1:]}")
     try:

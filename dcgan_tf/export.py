@@ -29,6 +29,11 @@ half-written version. A version that already exists is never overwritten: the ex
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # a CLI run: hide TensorFlow's start-up chatter before anything imports TensorFlow
+    from dcgan_tf import startup
+
+    startup.quiet_start()
+
 import contextlib
 import json
 import math
@@ -362,6 +367,9 @@ def define_flags() -> None:
 
 def main(argv: list[str]) -> None:
     """CLI entry point: load the run, export, print the result as JSON."""
+    from dcgan_tf import startup
+
+    startup.log_devices()
     from dcgan_tf import checkpointing
 
     if len(argv) > 1:

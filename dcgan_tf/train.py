@@ -7,6 +7,11 @@ TF_CONFIG (README, "Running at scale").
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # a CLI run: hide TensorFlow's start-up chatter before anything imports TensorFlow
+    from dcgan_tf import startup
+
+    startup.quiet_start()
+
 import dataclasses
 import os
 import re
@@ -67,14 +72,16 @@ def prepare(config: Config, writes_outputs: bool = True) -> tuple[Config, input_
 
 
 def make_callbacks(config: Config, gan: DCGAN, manager: tf.train.CheckpointManager,
-                   stop: callbacks_lib.StopSignal | None = None) -> list[keras.callbacks.Callback]:
+                   stop: callbacks_lib.StopSignal | None = None, end_step: int = 0) -> list[keras.callbacks.Callback]:
     """Divergence guard, TensorBoard scalars + sample grid, checkpoints, graceful stop and the closing line.
 
     The one list of callbacks for fit() and the multi-worker loop. `stop` adds the graceful stop on
     SIGTERM/SIGINT for fit(); the multi-worker loop leaves that to PreemptionCheckpointHandler, which makes
-    every worker stop at the same step.
+    every worker stop at the same step. Also: HParams + layer tables, the --profile_steps profiler, and plain
+    progress lines up to `end_step` when stdout is not a terminal (or --verbose=2).
     """
-    writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "train"))
+    log_dir = os.path.join(config.model_dir, "train")
+    writer = tf.summary.create_file_writer(log_dir)
     fixed_z = gan.sample_z(config.num_samples, seed=config.seed + 1)
     average_batchnorm_statistics = distribute.make_replica_averager(
         gan.distribute_strategy, gan.generator.non_trainable_variables + gan.discriminator.non_trainable_variables)
@@ -91,6 +98,13 @@ def make_callbacks(config: Config, gan: DCGAN, manager: tf.train.CheckpointManag
                                            config.fid_classifier_path, config.inception_weights))
     if stop is not None:
         callbacks.append(callbacks_lib.GracefulStop(stop))
+    run_name = os.path.basename(os.path.abspath(config.model_dir))
+    callbacks.append(callbacks_lib.RunSummary(config.to_dict(), writer, trial_id=run_name))
+    profile = config_lib.parse_profile_steps(config.profile_steps)
+    if profile:
+        callbacks.append(callbacks_lib.Profiler(log_dir, *profile))
+    if callbacks_lib.wants_progress_log(config.verbose, sys.stdout.isatty()):
+        callbacks.append(callbacks_lib.ProgressLog(config.log_every, end_step, config.batch_size))
     callbacks.append(callbacks_lib.Summary(config.batch_size))
     return callbacks
 
@@ -176,12 +190,14 @@ def restore(config: Config, gan: DCGAN, manager: tf.train.CheckpointManager, chi
 def run_steps(config: Config, gan: DCGAN, strategy: tf.distribute.Strategy, source: input_pipeline.Source,
               start: int, end: int, manager: tf.train.CheckpointManager, stop: callbacks_lib.StopSignal) -> None:
     """Steps start..end with fit(), or with the custom loop under a multi-worker strategy (PITFALLS 7)."""
+    bar = callbacks_lib.progress_bar_verbose(config.verbose, sys.stdout.isatty())  # Keras's bar: terminals only
     if distribute.needs_custom_loop(strategy):
-        custom_loop.train_loop(config, gan, strategy, source, start, end, make_callbacks(config, gan, manager), stop)
+        custom_loop.train_loop(config.replace(verbose=bar), gan, strategy, source, start, end,
+                               make_callbacks(config, gan, manager, end_step=end), stop)
         return
     dataset = input_pipeline.make_dataset(config, start_step=start, source=source)
-    gan.fit(dataset, epochs=1, shuffle=False, steps_per_epoch=end - start, verbose=config.verbose,
-            callbacks=make_callbacks(config, gan, manager, stop))
+    gan.fit(dataset, epochs=1, shuffle=False, steps_per_epoch=end - start, verbose=bar,
+            callbacks=make_callbacks(config, gan, manager, stop, end_step=end))
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -18,6 +18,11 @@ pods) and gives up after `retries` attempts; other errors are raised at once (th
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # a CLI run: hide TensorFlow's start-up chatter before anything imports TensorFlow
+    from dcgan_tf import startup
+
+    startup.quiet_start()
+
 import json
 import sys
 import time

@@ -24,6 +24,11 @@ shape is reported before the graph runs. See docs/serving.md.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # a CLI run: hide TensorFlow's start-up chatter before anything imports TensorFlow
+    from dcgan_tf import startup
+
+    startup.quiet_start()
+
 import json
 import os
 import signal
@@ -32,6 +37,7 @@ import threading
 
 from absl import app, flags, logging
 
+from dcgan_tf import startup
 from dcgan_tf.files import atomic_write
 from serving.config import BatchingParameters, read_batching_parameters, read_max_batch_size, read_model_config
 from serving.errors import ServingError
@@ -98,6 +104,7 @@ def main(argv: list[str]) -> None:
     cap = batching.max_batch_size if FLAGS.batching_parameters_file or FLAGS.enable_batching else FLAGS.max_batch_size
     core = ModelServer([ServedModel(name, base, cap, batching if FLAGS.enable_batching else None)
                         for name, base in specs], as_content=FLAGS.enable_serialization_as_tensor_content)
+    startup.log_devices()
     core.poll_all()  # like TF Serving: try to load what is there before accepting requests
     try:
         grpc_server, grpc_port = start_grpc_server(core, FLAGS.host, FLAGS.port, FLAGS.grpc_threads,
