@@ -41,7 +41,7 @@ class Config:
     data_dir: str | None = None  # TFDS data_dir; None = TFDS's default (~/tensorflow_datasets)
     image_size: int = 64  # paper: 64x64 (LSUN, faces, ImageNet-1k); 32x32 for the CIFAR/SVHN features
     channels: int = 0  # 0 = the dataset's own (3 for RGB sets, 1 for MNIST-like); 1 or 3 converts
-    shuffle_buffer: int = 10_000  # examples; tf.data shuffle buffer (paper: not stated)
+    shuffle_buffer: int = 10_000  # examples per shuffled block of TFDS data too big for memory (paper: not stated)
 
     # --- Model (paper section 3 and 4) --------------------------------------------------------------------
     nz: int = 100  # paper: 100-d z
