@@ -52,7 +52,7 @@ class Config:
     leaky_slope: float = 0.2  # paper: LeakyReLU slope 0.2 in D
     bn_momentum: float = 0.9  # moving-average momentum (Keras convention); 0.9 = PyTorch's 0.1
     bn_epsilon: float = 1e-5  # PyTorch's BatchNorm default, used by the reference implementations
-    sync_batchnorm: bool = False  # BatchNorm statistics over the global batch under a multi-replica strategy
+    sync_batchnorm: bool = True  # replicas > 1: BatchNorm over the global batch as on 1 device; false: batch/N each
 
     # --- Optimisation (paper section 4) -------------------------------------------------------------------
     batch_size: int = 128  # GLOBAL batch (split across replicas); paper: 128

@@ -177,7 +177,7 @@ def check_workers_agree(strategy: tf.distribute.Strategy, step: int) -> None:
 def make_replica_averager(strategy: tf.distribute.Strategy, variables: list) -> Callable[[], None]:
     """A function setting every replica's copy of `variables` to their mean over all replicas (and workers).
 
-    Keras 3 creates BatchNorm's moving mean/variance with aggregation NONE, so without --sync_batchnorm each
+    Keras 3 creates BatchNorm's moving mean/variance with aggregation NONE, so with --sync_batchnorm=false each
     replica updates its own copy from its own slice of the batch: the copies drift apart, and each worker of
     a multi-worker run would save different ones. Averaging them before a checkpoint (on every worker, as
     saving is collective) makes the saved statistics use the whole global batch and all workers identical.

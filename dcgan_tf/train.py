@@ -103,6 +103,9 @@ def set_precision(config: Config) -> None:
 
 def build_in_scope(config: Config, strategy: tf.distribute.Strategy) -> DCGAN:
     """The DCGAN built under `strategy` with the config's precision policy (reset afterwards)."""
+    # BatchNorm synchronised across replicas only where there are several: one replica already normalises
+    # over the whole batch, without the cross-replica reduction.
+    config = config.replace(sync_batchnorm=config.sync_batchnorm and strategy.num_replicas_in_sync > 1)
     set_precision(config)
     try:
         with strategy.scope():
