@@ -68,7 +68,7 @@ class Options:
     to: list[int] | None = None  # walk: sheet indices of exemplars with the attribute (paper: 4)
     scale: float = 1.0  # walk: the attribute vector is added with weights from 0 to scale
     masks: str = "synthetic"  # concept-filters: "synthetic" (a synthetic-data run) or an .npz of masks
-    layer: str | None = None  # concept-filters/ablate: generator layer (default: second-highest conv's ReLU)
+    layer: str | None = None  # concept-filters/ablate: generator layer (default: paper 6.3.1, 16x16x256 at 64x64)
     penalty: str = "l1"  # concept-filters: logistic-regression penalty, "l1" (sparse weights) or "l2"
     C: float = 0.1  # concept-filters: inverse regularisation strength of the logistic regression
     filters: list[int] | None = None  # ablate: filters to drop (default: those in --concept)

@@ -122,9 +122,22 @@ def test_exemplar_index_outside_the_sheet_is_a_clear_error():
 
 def test_split_generator_reproduces_the_generator(gan):
     head, tail = ablation.split_generator(gan.generator)
-    assert ablation.concept_layer_name(gan.generator) == "deconv1_relu"  # 16x16: deconv1 (8x8) -> to_image
+    # 16x16: feature maps project (4x4) and deconv1 (8x8), then to_image: the second highest is the projection.
+    assert ablation.concept_layer_name(gan.generator) == "project_relu"
     z = latent.sample_z(4, NZ, 0)
     np.testing.assert_allclose(tail(head(z)).numpy(), gan.generator(z, training=False).numpy(), atol=1e-6)
+
+
+def test_default_ablation_layer_of_the_paper_model_has_room_for_its_200_filters():
+    """Paper 6.3.1 dropped 200 filters of the "second highest convolution layer": at 64x64, ngf=128 that is the
+    16x16x256 layer (the 32x32 one has 128 maps, the output conv 3)."""
+    from dcgan_tf.models import build_generator
+
+    generator = build_generator(Config(image_size=64, channels=3, ngf=128, nz=100))
+    name = ablation.concept_layer_name(generator)
+    assert name == "deconv2_relu"
+    assert tuple(generator.get_layer(name).output.shape[1:]) == (16, 16, 256)
+    assert generator.get_layer(name).output.shape[-1] >= 200
 
 
 def test_ablation_zeroes_exactly_the_chosen_maps(gan):
