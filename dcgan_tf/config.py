@@ -39,6 +39,7 @@ class Config:
     # --- Data ---------------------------------------------------------------------------------------------
     dataset: str = "synthetic"  # a TFDS name above, "synthetic" (built in, no download) or "folder:PATH"
     data_dir: str | None = None  # TFDS data_dir; None = TFDS's default (~/tensorflow_datasets)
+    download: bool = True  # download a TFDS dataset missing from data_dir; false: fail at once (offline machines)
     image_size: int = 64  # paper: 64x64 (LSUN, faces, ImageNet-1k); 32x32 for the CIFAR/SVHN features
     channels: int = 0  # 0 = the dataset's own (3 for RGB sets, 1 for MNIST-like); 1 or 3 converts
     shuffle_buffer: int = 10_000  # examples per shuffled block of TFDS data too big for memory (paper: not stated)

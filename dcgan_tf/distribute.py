@@ -89,6 +89,18 @@ def check_batch_split(config: Config, strategy: tf.distribute.Strategy) -> None:
                           f"multiple of {n} (e.g. --batch_size={max(n, config.batch_size // n * n)})")
 
 
+def check_jit_compile(config: Config, strategy: tf.distribute.Strategy) -> None:
+    """--jit_compile under a MirroredStrategy over several CPU devices fails in XLA (PITFALLS 6): say so first."""
+    if not config.jit_compile or strategy.num_replicas_in_sync == 1:
+        return
+    devices = getattr(strategy.extended, "worker_devices", ())
+    if isinstance(strategy, tf.distribute.MirroredStrategy) and all("CPU" in d.upper() for d in devices):
+        raise ConfigError(
+            f"--jit_compile does not work with --strategy=mirrored over {len(devices)} CPU devices (XLA cannot read "
+            "one CPU device's variables from another: \"Trying to access resource ... on CPU:1 from CPU:0\"); drop "
+            "--jit_compile, or train on one device (--cpu_replicas=0 --strategy=default)")
+
+
 def read_tf_config() -> dict | None:
     """The TF_CONFIG environment variable parsed, None when unset, ConfigError when it is not JSON."""
     raw = os.environ.get("TF_CONFIG", "").strip()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+import urllib.parse
 from typing import Callable
 
 import numpy as np
@@ -36,8 +37,9 @@ CACHE_LIMIT_BYTES = 2 * 1024**3
 SYNTHETIC_SHAPES = ("circle", "square", "diamond")
 # Second word of the seed of the data order, apart from the seeds of z and the synthetic images.
 _ORDER_STREAM = 0x0DE7
-# TFDS data is only downloaded from here; its name not resolving means we are offline.
-_TFDS_DOWNLOAD_HOST = "storage.googleapis.com"
+# Where TFDS downloads a dataset whose builder lists no URLs (its prepared copies on Google Cloud Storage).
+_TFDS_DOWNLOAD_HOST = ("storage.googleapis.com", 443)
+_PROBE_TIMEOUT_S = 5.0
 
 
 class DatasetError(RuntimeError):
@@ -193,13 +195,29 @@ def folder_source(config: Config, root: str) -> Source:
 # TFDS datasets.
 
 
-def _offline() -> bool:
-    """True when TFDS's download host does not even resolve (no network): downloading would hang."""
-    try:
-        socket.getaddrinfo(_TFDS_DOWNLOAD_HOST, 443)
-        return False
-    except OSError:
-        return True
+def download_hosts(builder) -> list[tuple[str, int]]:
+    """(host, port) of every server TFDS downloads this dataset from, read from the builder's checksums file."""
+    hosts = set()
+    for url in builder.url_infos or {}:
+        parsed = urllib.parse.urlparse(url)
+        if parsed.hostname:
+            hosts.add((parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)))
+    return sorted(hosts) or [_TFDS_DOWNLOAD_HOST]
+
+
+def unreachable_host(hosts: list[tuple[str, int]]) -> str | None:
+    """The first of `hosts` that refuses a TCP connection within seconds ("host:port (why)"), None if all accept.
+
+    TFDS retries a failing download for minutes; one quick connection to each of the dataset's own servers
+    tells at once that the download cannot work (no network, a firewall, a host that is gone).
+    """
+    for host, port in hosts:
+        try:
+            with socket.create_connection((host, port), timeout=_PROBE_TIMEOUT_S):
+                pass
+        except OSError as e:
+            return f"{host}:{port} ({e.strerror or e})"
+    return None
 
 
 def missing_dataset_error(name: str, data_dir: str | None, reason: str) -> DatasetError:
@@ -234,9 +252,10 @@ def prepare_tfds(builder, name: str, data_dir: str | None, download: bool = True
     """Download and prepare a dataset that is not on disk, if the network is there; else one clear error."""
     if not download:
         raise missing_dataset_error(name, data_dir, "it is not prepared there and downloading is off")
-    if _offline():
-        raise missing_dataset_error(name, data_dir, f"it is not prepared there and {_TFDS_DOWNLOAD_HOST} cannot "
-                                                    "be reached (no network)")
+    blocked = unreachable_host(download_hosts(builder))
+    if blocked:
+        raise missing_dataset_error(name, data_dir, f"it is not prepared there and {blocked}, where TFDS downloads "
+                                                    "it from, cannot be reached (no network?)")
     try:
         builder.download_and_prepare()
     except Exception as e:  # network, checksum (celeb_a's Drive quota page), missing manual files
@@ -302,7 +321,7 @@ def make_source(config: Config, split: str = "train", download: bool = True) -> 
         return synthetic_source(config, config.channels or 3)
     if config.dataset.startswith("folder:"):
         return folder_source(config, config.dataset[len("folder:"):])
-    return tfds_source(config, split, download)
+    return tfds_source(config, split, download and config.download)
 
 
 def resolve_channels(config: Config, download: bool = True) -> Config:

@@ -124,9 +124,10 @@ def train(config: Config) -> DCGAN:
     # First TensorFlow work of the process: MultiWorkerMirroredStrategy must configure collective ops, and
     # --cpu_replicas must split the CPU, before any other op runs (creating a tf.data source is one).
     strategy = distribute.make_strategy(config)
+    distribute.check_batch_split(config, strategy)  # settings the strategy rules out: before opening the data
+    distribute.check_jit_compile(config, strategy)
     chief = distribute.is_chief(strategy)
     config, source, end = prepare(config, writes_outputs=chief)
-    distribute.check_batch_split(config, strategy)
     gan = build_in_scope(config, strategy)
     run_manager = checkpointing.make_manager(gan, config.model_dir, config.keep_checkpoints)
     start = restore(config, gan, run_manager, chief)

@@ -1,7 +1,9 @@
 """Data sources: synthetic, folders of images, TFDS (mock data), scaling, determinism and resume offsets."""
 
+import contextlib
 import dataclasses
 import os
+import socket
 import time
 
 import numpy as np
@@ -94,14 +96,61 @@ def test_tfds_resume_offset_gives_the_same_batches():
     np.testing.assert_array_equal(straight[4], resumed[1])
 
 
+def no_network(monkeypatch, reachable=()):
+    """Sockets that connect only to `reachable` hosts (without touching the network) and a TFDS that would
+    fail the test if it started a download; returns the list of hosts probed."""
+    probed = []
+
+    def create_connection(address, timeout=None, *args, **kwargs):
+        probed.append(address[0])
+        if address[0] not in reachable:
+            raise ConnectionRefusedError(111, "Connection refused")
+        return contextlib.nullcontext()
+
+    def download_and_prepare(self, *args, **kwargs):
+        raise AssertionError(f"the test started a download of {self.name}")
+
+    monkeypatch.setattr(socket, "create_connection", create_connection)
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *a, **k: [(socket.AF_INET, socket.SOCK_STREAM, 6, "",
+                                                                        ("127.0.0.1", 443))])
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", download_and_prepare)
+    return probed
+
+
 def test_missing_tfds_data_offline_is_one_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(ip, "_offline", lambda: True)  # never touch the network in tests
+    no_network(monkeypatch)
     config = Config(dataset="celeb_a", data_dir=str(tmp_path), train_steps=1)
     with pytest.raises(ip.DatasetError) as error:
         ip.make_source(config)
     message = str(error.value)
     assert "celeb_a" in message and str(tmp_path) in message and "--data_dir" in message
     assert "downloads/manual" in message and "folder:" in message
+
+
+@pytest.mark.parametrize("dataset, host", [("celeb_a", "drive.google.com"), ("cifar10", "www.cs.toronto.edu"),
+                                           ("lsun/bedroom", "dl.yf.io"), ("svhn_cropped", "ufldl.stanford.edu")])
+def test_offline_is_decided_per_dataset_from_its_own_download_servers(tmp_path, monkeypatch, dataset, host):
+    """Google Cloud Storage reachable but the dataset's own server not: a clear error naming that server, and
+    no download started (TFDS would retry it for minutes)."""
+    probed = no_network(monkeypatch, reachable={"storage.googleapis.com"})
+    with pytest.raises(ip.DatasetError, match=rf"{host}:\d+ \(Connection refused\), where TFDS downloads it from, "
+                                              r"cannot be reached"):
+        ip.make_source(Config(dataset=dataset, data_dir=str(tmp_path), train_steps=1))
+    assert host in probed
+
+
+def test_reachable_download_servers_start_the_download(tmp_path, monkeypatch):
+    probed = no_network(monkeypatch, reachable={"storage.googleapis.com"})
+    with pytest.raises(ip.DatasetError, match="the test started a download of mnist"):
+        ip.make_source(Config(dataset="mnist", data_dir=str(tmp_path), train_steps=1))
+    assert probed == ["storage.googleapis.com"]
+
+
+def test_download_off_fails_at_once_without_probing(tmp_path, monkeypatch):
+    probed = no_network(monkeypatch)
+    with pytest.raises(ip.DatasetError, match="downloading is off"):
+        ip.make_source(Config(dataset="cifar10", data_dir=str(tmp_path), train_steps=1, download=False))
+    assert probed == []
 
 
 def test_input_context_shards_and_splits_the_batch(tiny_config):
