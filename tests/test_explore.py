@@ -367,6 +367,31 @@ def test_export_and_server_give_the_same_samples_as_the_run(gan, run_dir, tmp_pa
         explore_run("ablate", export_dir=base, filters=[0])
 
 
+def test_server_z_dist_is_the_served_models_own(tmp_path):
+    """A generator trained with --z_dist=normal, served: explore --server draws normal z without being told."""
+    from dcgan_tf import export
+    from serving import local_server
+
+    config = CONFIG.replace(z_dist="normal")
+    keras.utils.set_random_seed(0)
+    base = str(tmp_path / "export")
+    export.export_generator(build_gan(config), config, base, version=1, bn_samples=64)
+    core = local_server.ModelServer([local_server.ServedModel("dcgan", base)])
+    core.poll_all()
+    server, port = local_server.start_grpc_server(core, "127.0.0.1", 0, 2, 64)
+    try:
+        assert explore.served_z_dist(f"127.0.0.1:{port}", "dcgan") == "normal"
+        summary = explore_run("sheet", server=f"127.0.0.1:{port}", num=64, out=str(tmp_path / "sheet"))
+        with pytest.raises(explore.ExploreError, match="cannot ask .* for model 'other'"):
+            explore_run("sheet", server=f"127.0.0.1:{port}", model_name="other", out=str(tmp_path / "x"))
+    finally:
+        server.stop(None)
+    with np.load(summary["npz"]) as data:
+        assert str(data["z_dist"]) == "normal"
+        np.testing.assert_array_equal(data["z"], latent.sample_z(64, NZ, 0, "normal", latent.STREAM_SHEET))
+        assert np.abs(data["z"]).max() > 1
+
+
 def test_clear_errors(run_dir, tmp_path):
     with pytest.raises(explore.ExploreError, match="exactly one of"):
         explore_run("sheet")
