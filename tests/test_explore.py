@@ -221,6 +221,42 @@ def test_guided_rectifier_passes_only_positive_gradients_at_positive_inputs():
     np.testing.assert_allclose(tape.gradient(loss, x).numpy(), [0.0, 1.0, 0.0, 2.0])
 
 
+def hand_built_discriminator():
+    """1x1 convs, so each pixel is its own little net: x -> 3 maps (weights 1, -1, 0.5) -> LeakyReLU(0.2)
+    -> 2 features (weights [1, 1, -1] and [1, 1, -3]) -> LeakyReLU(0.2)."""
+    x = keras.Input((4, 4, 1))
+    h = keras.layers.Conv2D(3, 1, use_bias=False, name="conv0")(x)
+    h = keras.layers.LeakyReLU(0.2, name="conv0_lrelu")(h)
+    h = keras.layers.Conv2D(2, 1, use_bias=False, name="conv1")(h)
+    model = keras.Model(x, keras.layers.LeakyReLU(0.2, name="conv1_lrelu")(h))
+    model.get_layer("conv0").set_weights([np.array([1, -1, 0.5], np.float32).reshape(1, 1, 1, 3)])
+    model.get_layer("conv1").set_weights([np.array([[1, 1], [1, 1], [-1, -3]], np.float32).reshape(1, 1, 3, 2)])
+    return model
+
+
+def test_guided_backprop_follows_the_guided_rule_on_a_hand_built_net():
+    import tensorflow as tf
+
+    d = hand_built_discriminator()
+    image = np.zeros((1, 4, 4, 1), np.float32)
+    image[0, 1, 2, 0] = 2.0  # the only non-zero pixel
+    # Feature 0 at that pixel: maps (2, -2, 1) -> (2, -0.4, 1) -> 2 - 0.4 - 1 = 0.6, the maximum (0 elsewhere).
+    # Guided: map 1's input is negative and map 2's gradient (-1) is negative, so only map 0 passes: 1 x 1 = 1.
+    # Plain backprop would give 1 + 1 x 0.2 x (-1) + (-1) x 0.5 = 0.3.
+    guided = dviz.guided_gradients(d, image, "conv1_lrelu", 0)
+    expected = np.zeros_like(image)
+    expected[0, 1, 2, 0] = 1.0
+    np.testing.assert_allclose(guided, expected, atol=1e-6)
+    x = tf.constant(image)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        plain_objective = tf.reduce_max(d(x)[..., 0])
+    assert tape.gradient(plain_objective, x).numpy()[0, 1, 2, 0] == pytest.approx(0.3)
+    # Feature 1: 2 - 0.4 - 3 = -1.4 at that pixel, 0 elsewhere: the maximum's input is not positive (and every
+    # map's input there is 0), so the guided rule lets nothing through: zero everywhere.
+    np.testing.assert_array_equal(dviz.guided_gradients(d, image, "conv1_lrelu", 1), np.zeros_like(image))
+
+
 def test_guided_backprop_gradients_have_the_input_shape_and_are_not_zero(gan, real):
     images = real[:8]
     layer = dviz.last_conv_layer_name(gan.discriminator)
