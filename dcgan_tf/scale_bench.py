@@ -1,9 +1,10 @@
-"""How long a resumed run takes to its first step, at an early and a late step (docs/scale.md).
+"""Measurements for running at scale (docs/scale.md): resume cost, and the cost of synchronised BatchNorm.
 
-    python -m dcgan_tf.resume_bench --folder=/tmp/resume-bench --num_images=6000 --cache_limit_mb=32 \
+    python -m dcgan_tf.scale_bench resume --folder=/tmp/resume-bench --num_images=6000 --cache_limit_mb=32 \
         --steps=1000,50000
+    python -m dcgan_tf.scale_bench sync_batchnorm --cpu_replicas=2 --image_size=64 --ngf=32 --ndf=32 --batch_size=64
 
-It writes `num_images` JPEGs into `--folder` (once; reused when they are there), lowers the in-memory limit of
+`resume` writes `num_images` JPEGs into `--folder` (once; reused when they are there), lowers the in-memory limit of
 dcgan_tf.input_pipeline to `--cache_limit_mb` so that this folder counts as "too big to keep decoded" (the real
 limit is 2 GiB: the same code path as a large folder, with a folder that fits on a small disk), then for each
 step k (interleaved over --repeats rounds, after an untimed warm-up) writes a run directory holding a
@@ -11,6 +12,9 @@ checkpoint at step k, and times `train.train` resuming it to step k+1
 (model build, restore, input pipeline positioned at step k, one training step, the final checkpoint) and,
 separately, the input pipeline alone (make_dataset(start_step=k) to its first batch). One JSON line per step.
 Both measurements use the public APIs only, so the same script measures an older checkout too.
+
+`sync_batchnorm` times fit() steps of the same model under a MirroredStrategy over --cpu_replicas logical CPU
+devices with and without --sync_batchnorm, alternating, on one fixed random batch (the step alone).
 """
 
 from __future__ import annotations
@@ -20,11 +24,13 @@ import os
 import tempfile
 import time
 
+import statistics
+
 import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from dcgan_tf import checkpointing, input_pipeline, train
+from dcgan_tf import checkpointing, distribute, input_pipeline, train
 from dcgan_tf.config import Config
 from dcgan_tf.models import build_gan
 
@@ -65,9 +71,48 @@ def time_resume(config: Config, step: int) -> float:
     return time.perf_counter() - start
 
 
+def bench_sync_batchnorm() -> None:
+    """One JSON line: ms per step with synchronised and per-replica BatchNorm over --cpu_replicas CPU replicas."""
+    distribute.split_cpu(FLAGS.cpu_replicas)
+    strategy = distribute.new_mirrored_strategy([d.name for d in tf.config.list_logical_devices("CPU")])
+    config = Config(image_size=FLAGS.image_size, channels=3, ngf=FLAGS.ngf, ndf=FLAGS.ndf,
+                    batch_size=FLAGS.batch_size, train_steps=1)
+    shape = [config.batch_size, config.image_size, config.image_size, 3]
+    real = tf.data.Dataset.from_tensors(tf.random.stateless_uniform(shape, [0, 1], -1.0, 1.0)).repeat()
+    gans = {}
+    for sync in (True, False):
+        gans[sync] = train.build_in_scope(config.replace(sync_batchnorm=sync), strategy)
+        gans[sync].fit(real, steps_per_epoch=2, epochs=1, verbose=0)  # tracing, first-call allocations
+    seconds: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(FLAGS.repeats):
+        for sync in (True, False):
+            start = time.perf_counter()
+            gans[sync].fit(real, steps_per_epoch=FLAGS.steps_per_window, epochs=1, verbose=0)
+            seconds[sync].append((time.perf_counter() - start) / FLAGS.steps_per_window)
+    ms = {sync: round(1e3 * statistics.median(s), 1) for sync, s in seconds.items()}
+    print(json.dumps({
+        "replicas": strategy.num_replicas_in_sync, "image_size": config.image_size, "ngf": config.ngf,
+        "ndf": config.ndf, "batch_size": config.batch_size, "ms_per_step_sync": ms[True],
+        "ms_per_step_unsynced": ms[False], "sync_over_unsynced": round(ms[True] / ms[False], 3),
+        "windows_ms_sync": [round(1e3 * s, 1) for s in seconds[True]],
+        "windows_ms_unsynced": [round(1e3 * s, 1) for s in seconds[False]],
+        "load_1min": round(os.getloadavg()[0], 2), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }), flush=True)
+
+
 def main(argv: list[str]) -> None:
+    """`resume` or `sync_batchnorm`: one JSON line per measurement."""
+    if argv[1:] == ["sync_batchnorm"]:
+        bench_sync_batchnorm()
+        return
+    if argv[1:] != ["resume"]:
+        raise app.UsageError(f"usage: python -m dcgan_tf.scale_bench {{resume|sync_batchnorm}} [--flags]; "
+                             f"got {argv[1:]}")
+    bench_resume()
+
+
+def bench_resume() -> None:
     """Write the folder, then one JSON line per step: time to the first batch and to the first step."""
-    del argv
     folder = FLAGS.folder or os.path.join(tempfile.gettempdir(), "dcgan-resume-bench")
     count = write_folder(folder, FLAGS.num_images, FLAGS.source_size)
     input_pipeline.CACHE_LIMIT_BYTES = FLAGS.cache_limit_mb * 1024**2
@@ -103,7 +148,11 @@ def define_flags() -> None:
     flags.DEFINE_integer("batch_size", 128, "global batch (the paper's 128)")
     flags.DEFINE_integer("cache_limit_mb", 32, "in-memory limit for this run (the real one is 2048 MiB)")
     flags.DEFINE_string("steps", "1000,50000", "comma-separated steps to resume at")
-    flags.DEFINE_integer("repeats", 2, "timed rounds over the steps, interleaved (after one untimed warm-up)")
+    flags.DEFINE_integer("repeats", 2, "timed rounds, the settings interleaved (after one untimed warm-up)")
+    flags.DEFINE_integer("ngf", 32, "sync_batchnorm: generator width")
+    flags.DEFINE_integer("ndf", 32, "sync_batchnorm: discriminator width")
+    flags.DEFINE_integer("cpu_replicas", 2, "sync_batchnorm: logical CPU devices (replicas)")
+    flags.DEFINE_integer("steps_per_window", 10, "sync_batchnorm: steps per timed window")
 
 
 if __name__ == "__main__":
