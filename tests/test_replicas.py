@@ -23,5 +23,4 @@ def test_two_replicas_match_one_by_default_and_differ_without_sync(tiny_config, 
     assert largest_difference(one, two) < 1e-4  # the paper's BatchNorm over 8 images, not 4 per replica
     unsynced = trained_weights(config, "unsynced", tmp_path, strategy="mirrored", sync_batchnorm=False)
     assert largest_difference(one, unsynced) > 1e-3  # each replica normalised over its own 4 images
-    saved, _ = checkpointing.load_run(str(tmp_path / "two"))
     assert checkpointing.read_run_config(str(tmp_path / "two")).sync_batchnorm
