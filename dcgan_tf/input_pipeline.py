@@ -11,7 +11,7 @@ enough to be kept decoded in memory) a resume at step k starts reading at positi
 does not depend on k. TFDS data above the memory limit is read sequentially (TFRecord has no random access):
 each pass is cut into blocks of `shuffle_buffer` consecutive records, each block permuted by its own seed, and a
 resume reads (without decoding) the skipped part of the current pass only: at most one pass of encoded records,
-however long the run (docs/scale.md, "Stopping and resuming").
+however long the run (docs/scale.md, "Data order, and resuming at any step").
 """
 
 from __future__ import annotations
