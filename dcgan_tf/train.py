@@ -2,7 +2,7 @@
 
 Re-running the same command resumes from the latest checkpoint in --model_dir. SIGTERM/SIGINT stop it after
 the current step with a checkpoint (exit status 0); `--strategy=multi_worker` trains on the machines named by
-TF_CONFIG (README, "Running at scale").
+TF_CONFIG (docs/scale.md).
 """
 
 from __future__ import annotations
