@@ -80,13 +80,6 @@ def test_tfds_mnist_like_is_padded_to_32_and_scaled():
     assert batches[0].min() >= -1 and batches[0].max() <= 1
 
 
-def test_tfds_celeb_a_recipe_crops_and_resizes():
-    config = Config(dataset="celeb_a", image_size=16, batch_size=2, train_steps=1, shuffle_buffer=4)
-    with tfds.testing.mock_data(num_examples=4):
-        batch = first_batches(config.replace(channels=3), 1)[0]
-    assert batch.shape == (2, 16, 16, 3)
-
-
 def test_tfds_resume_offset_gives_the_same_batches():
     config = Config(dataset="cifar10", image_size=32, channels=3, batch_size=4, train_steps=1, shuffle_buffer=8)
     with tfds.testing.mock_data(num_examples=10):
