@@ -39,9 +39,10 @@ class Config:
     # --- Data ---------------------------------------------------------------------------------------------
     dataset: str = "synthetic"  # a TFDS name above, "synthetic" (built in, no download) or "folder:PATH"
     data_dir: str | None = None  # TFDS data_dir; None = TFDS's default (~/tensorflow_datasets)
+    download: bool = True  # download a TFDS dataset missing from data_dir; false: fail at once (offline machines)
     image_size: int = 64  # paper: 64x64 (LSUN, faces, ImageNet-1k); 32x32 for the CIFAR/SVHN features
     channels: int = 0  # 0 = the dataset's own (3 for RGB sets, 1 for MNIST-like); 1 or 3 converts
-    shuffle_buffer: int = 10_000  # examples; tf.data shuffle buffer (paper: not stated)
+    shuffle_buffer: int = 10_000  # examples per shuffled block of TFDS data too big for memory (paper: not stated)
 
     # --- Model (paper section 3 and 4) --------------------------------------------------------------------
     nz: int = 100  # paper: 100-d z
@@ -52,7 +53,7 @@ class Config:
     leaky_slope: float = 0.2  # paper: LeakyReLU slope 0.2 in D
     bn_momentum: float = 0.9  # moving-average momentum (Keras convention); 0.9 = PyTorch's 0.1
     bn_epsilon: float = 1e-5  # PyTorch's BatchNorm default, used by the reference implementations
-    sync_batchnorm: bool = False  # BatchNorm statistics over the global batch under a multi-replica strategy
+    sync_batchnorm: bool = True  # replicas > 1: BatchNorm over the global batch as on 1 device; false: batch/N each
 
     # --- Optimisation (paper section 4) -------------------------------------------------------------------
     batch_size: int = 128  # GLOBAL batch (split across replicas); paper: 128

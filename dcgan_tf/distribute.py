@@ -90,6 +90,18 @@ def check_batch_split(config: Config, strategy: tf.distribute.Strategy) -> None:
                           f"multiple of {n} (e.g. --batch_size={max(n, config.batch_size // n * n)})")
 
 
+def check_jit_compile(config: Config, strategy: tf.distribute.Strategy) -> None:
+    """--jit_compile under a MirroredStrategy over several CPU devices fails in XLA (PITFALLS 6): say so first."""
+    if not config.jit_compile or strategy.num_replicas_in_sync == 1:
+        return
+    devices = getattr(strategy.extended, "worker_devices", ())
+    if isinstance(strategy, tf.distribute.MirroredStrategy) and all("CPU" in d.upper() for d in devices):
+        raise ConfigError(
+            f"--jit_compile does not work with --strategy=mirrored over {len(devices)} CPU devices (XLA cannot read "
+            "one CPU device's variables from another: \"Trying to access resource ... on CPU:1 from CPU:0\"); drop "
+            "--jit_compile, or train on one device (--cpu_replicas=0 --strategy=default)")
+
+
 def read_tf_config() -> dict | None:
     """The TF_CONFIG environment variable parsed, None when unset, ConfigError when it is not JSON."""
     raw = os.environ.get("TF_CONFIG", "").strip()
@@ -178,7 +190,7 @@ def check_workers_agree(strategy: tf.distribute.Strategy, step: int) -> None:
 def make_replica_averager(strategy: tf.distribute.Strategy, variables: list) -> Callable[[], None]:
     """A function setting every replica's copy of `variables` to their mean over all replicas (and workers).
 
-    Keras 3 creates BatchNorm's moving mean/variance with aggregation NONE, so without --sync_batchnorm each
+    Keras 3 creates BatchNorm's moving mean/variance with aggregation NONE, so with --sync_batchnorm=false each
     replica updates its own copy from its own slice of the batch: the copies drift apart, and each worker of
     a multi-worker run would save different ones. Averaging them before a checkpoint (on every worker, as
     saving is collective) makes the saved statistics use the whole global batch and all workers identical.

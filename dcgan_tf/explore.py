@@ -73,7 +73,7 @@ class Options:
     to: list[int] | None = None  # walk: sheet indices of exemplars with the attribute (paper: 4)
     scale: float = 1.0  # walk: the attribute vector is added with weights from 0 to scale
     masks: str = "synthetic"  # concept-filters: "synthetic" (a synthetic-data run) or an .npz of masks
-    layer: str | None = None  # concept-filters/ablate: generator layer (default: second-highest conv's ReLU)
+    layer: str | None = None  # concept-filters/ablate: generator layer (default: paper 6.3.1, 16x16x256 at 64x64)
     penalty: str = "l1"  # concept-filters: logistic-regression penalty, "l1" (sparse weights) or "l2"
     C: float = 0.1  # concept-filters: inverse regularisation strength of the logistic regression
     filters: list[int] | None = None  # ablate: filters to drop (default: those in --concept)
@@ -113,7 +113,42 @@ def open_generator(opts: Options) -> sources.Generator:
         return sources.from_model_dir(opts.model_dir, opts.batch_size, opts.bn_samples)
     if opts.export_dir:
         return sources.from_export_dir(opts.export_dir, opts.z_dist, opts.batch_size)
-    return sources.from_server(opts.server, opts.nz, opts.z_dist, opts.model_name, opts.batch_size)
+    z_dist = opts.z_dist or served_z_dist(opts.server, opts.model_name, opts.nz)
+    return sources.from_server(opts.server, opts.nz, z_dist, opts.model_name, opts.batch_size)
+
+
+# z values asked from a served model's own sampler to tell its distribution. Each value of a standard normal z
+# falls outside [-1, 1] with probability 0.317, so a normal z keeps all 1,000 inside with probability < 1e-160.
+_Z_PROBE_VALUES = 1000
+
+
+def served_z_dist(address: str, model_name: str, nz: int = 0, timeout_s: float = 60.0) -> str:
+    """The z distribution a served generator was trained with, from the z its `sample` signature draws.
+
+    TF Serving's metadata holds only the signatures, and the export's config asset stays on the server's disk;
+    the `sample` signature draws z exactly as training did (DCGAN.sample_z), from U[-1, 1] or N(0, 1).
+    """
+    import grpc
+
+    from serving import client  # the repository's client; needs tensorflow-serving-api and grpcio
+
+    stub = client.make_stub(address)
+    try:
+        metadata = client.get_metadata(stub, model_name, timeout=timeout_s)
+        if "z" not in metadata["signature_def"].get(client.SAMPLE_SIGNATURE, {}).get("outputs", {}):
+            raise ExploreError(
+                f"the model {model_name!r} at {address} has no {client.SAMPLE_SIGNATURE!r} signature returning z, so "
+                "its z distribution cannot be read from it: pass --z_dist=uniform or --z_dist=normal (the run's "
+                "config.json, or the export's assets/dcgan_config.json, says which)")
+        nz = nz or sources.served_nz(metadata)
+        _, z = client.sample(stub, -(-_Z_PROBE_VALUES // nz), seed=0, model=model_name, timeout=timeout_s)
+    except (grpc.RpcError, client.ClientError) as e:
+        details = f"{e.code().name} {e.details()}" if isinstance(e, grpc.RpcError) else str(e)
+        raise ExploreError(f"cannot ask {address} for model {model_name!r}'s z distribution: {details}. Is the server "
+                           "running and the --model_name right? (Or pass --z_dist.)") from None
+    z_dist = "uniform" if np.all(np.abs(z) <= 1.0) else "normal"
+    logging.info("The model served at %s draws z from the %s distribution (its sample signature).", address, z_dist)
+    return z_dist
 
 
 def out_dir(opts: Options) -> str:

@@ -3,6 +3,15 @@
 Every training pipeline yields float32 batches [B, S, S, C] scaled to [-1, 1] (the paper's only
 pre-processing), is deterministic given the seed, and can start at any step (`start_step`) so that a resumed
 run sees exactly the data an uninterrupted run would have seen.
+
+The order: pass (epoch) e over N examples visits them in a permutation seeded by (seed, e), computed per
+position with `tf.random.experimental.index_shuffle`, so position p of the endless stream is example
+perm_{p // N}(p % N). Where examples can be read by index (the synthetic set, folders, and any dataset small
+enough to be kept decoded in memory) a resume at step k starts reading at position k x batch at once: its cost
+does not depend on k. TFDS data above the memory limit is read sequentially (TFRecord has no random access):
+each pass is cut into blocks of `shuffle_buffer` consecutive records, each block permuted by its own seed, and a
+resume reads (without decoding) the skipped part of the current pass only: at most one pass of encoded records,
+however long the run (docs/scale.md, "Data order, and resuming at any step").
 """
 
 from __future__ import annotations
@@ -10,8 +19,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+import urllib.parse
 from typing import Callable
 
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
@@ -24,8 +35,11 @@ _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"GIF87a", b"GIF89a")
 # Cache decoded, resized images in memory when they take less than this.
 CACHE_LIMIT_BYTES = 2 * 1024**3
 SYNTHETIC_SHAPES = ("circle", "square", "diamond")
-# TFDS data is only downloaded from here; its name not resolving means we are offline.
-_TFDS_DOWNLOAD_HOST = "storage.googleapis.com"
+# Second word of the seed of the data order, apart from the seeds of z and the synthetic images.
+_ORDER_STREAM = 0x0DE7
+# Where TFDS downloads a dataset whose builder lists no URLs (its prepared copies on Google Cloud Storage).
+_TFDS_DOWNLOAD_HOST = ("storage.googleapis.com", 443)
+_PROBE_TIMEOUT_S = 5.0
 
 
 class DatasetError(RuntimeError):
@@ -40,6 +54,10 @@ class Source:
     decode: Callable[[tf.Tensor], tf.Tensor]
     num_examples: int | None  # None = infinite
     channels: int  # channels of the decoded images (after conversion)
+    # Random access, index -> record (folders); None when the records can only be read in order (TFDS).
+    record_at: Callable[[tf.Tensor], tf.Tensor] | None = None
+    # Decoded images kept in memory per (shards, shard), filled by the first make_dataset that needs them.
+    decoded: dict = dataclasses.field(default_factory=dict, repr=False)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -162,26 +180,44 @@ def folder_source(config: Config, root: str) -> Source:
         )
     logging.info("Found %d images under %s.", len(paths), root)
     channels = config.channels or 3
+    all_paths = tf.constant(paths)
 
     def decode(path: tf.Tensor) -> tf.Tensor:
         image = tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
         image = convert_channels(image, channels)
         return resize(center_crop(image), config.image_size)
 
-    return Source(tf.data.Dataset.from_tensor_slices(paths), decode, len(paths), channels)
+    return Source(tf.data.Dataset.from_tensor_slices(all_paths), decode, len(paths), channels,
+                  record_at=lambda index: tf.gather(all_paths, index))
 
 
 # ---------------------------------------------------------------------------------------------------------
 # TFDS datasets.
 
 
-def _offline() -> bool:
-    """True when TFDS's download host does not even resolve (no network): downloading would hang."""
-    try:
-        socket.getaddrinfo(_TFDS_DOWNLOAD_HOST, 443)
-        return False
-    except OSError:
-        return True
+def download_hosts(builder) -> list[tuple[str, int]]:
+    """(host, port) of every server TFDS downloads this dataset from, read from the builder's checksums file."""
+    hosts = set()
+    for url in builder.url_infos or {}:
+        parsed = urllib.parse.urlparse(url)
+        if parsed.hostname:
+            hosts.add((parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)))
+    return sorted(hosts) or [_TFDS_DOWNLOAD_HOST]
+
+
+def unreachable_host(hosts: list[tuple[str, int]]) -> str | None:
+    """The first of `hosts` that refuses a TCP connection within seconds ("host:port (why)"), None if all accept.
+
+    TFDS retries a failing download for minutes; one quick connection to each of the dataset's own servers
+    tells at once that the download cannot work (no network, a firewall, a host that is gone).
+    """
+    for host, port in hosts:
+        try:
+            with socket.create_connection((host, port), timeout=_PROBE_TIMEOUT_S):
+                pass
+        except OSError as e:
+            return f"{host}:{port} ({e.strerror or e})"
+    return None
 
 
 def missing_dataset_error(name: str, data_dir: str | None, reason: str) -> DatasetError:
@@ -216,9 +252,10 @@ def prepare_tfds(builder, name: str, data_dir: str | None, download: bool = True
     """Download and prepare a dataset that is not on disk, if the network is there; else one clear error."""
     if not download:
         raise missing_dataset_error(name, data_dir, "it is not prepared there and downloading is off")
-    if _offline():
-        raise missing_dataset_error(name, data_dir, f"it is not prepared there and {_TFDS_DOWNLOAD_HOST} cannot "
-                                                    "be reached (no network)")
+    blocked = unreachable_host(download_hosts(builder))
+    if blocked:
+        raise missing_dataset_error(name, data_dir, f"it is not prepared there and {blocked}, where TFDS downloads "
+                                                    "it from, cannot be reached (no network?)")
     try:
         builder.download_and_prepare()
     except Exception as e:  # network, checksum (celeb_a's Drive quota page), missing manual files
@@ -284,7 +321,7 @@ def make_source(config: Config, split: str = "train", download: bool = True) -> 
         return synthetic_source(config, config.channels or 3)
     if config.dataset.startswith("folder:"):
         return folder_source(config, config.dataset[len("folder:"):])
-    return tfds_source(config, split, download)
+    return tfds_source(config, split, download and config.download)
 
 
 def resolve_channels(config: Config, download: bool = True) -> Config:
@@ -323,17 +360,87 @@ def make_dataset(
 
 
 def _image_stream(config: Config, source: Source, shards: int, shard: int, skip: int) -> tf.data.Dataset:
-    """This shard's endless, seeded stream of uint8 images, its first `skip` images dropped."""
-    records = source.records.shard(shards, shard) if shards > 1 else source.records
-    if source.num_examples is None:  # synthetic: every index is already random, and skipping indices is O(1)
-        return records.skip(skip).map(source.decode, num_parallel_calls=AUTOTUNE)
+    """This shard's endless, seeded stream of uint8 images, from position `skip` on (module docstring)."""
+    if source.num_examples is None:  # synthetic: every index is already random; this shard's j-th is shard + j*shards
+        return tf.data.Dataset.range(skip, 2**62).map(lambda j: source.decode(j * shards + shard),
+                                                      num_parallel_calls=AUTOTUNE)
     size_bytes = (source.num_examples // shards) * config.image_size**2 * source.channels
-    if size_bytes <= CACHE_LIMIT_BYTES:  # decode once, cache, then repeat and reshuffle every pass
-        images = records.map(source.decode, num_parallel_calls=AUTOTUNE).ignore_errors(log_warning=True).cache()
-        return images.repeat().shuffle(config.shuffle_buffer, seed=config.seed).skip(skip)
-    # Too big to cache: shuffle the small encoded records and skip before decoding, so a resume is cheap.
-    records = records.repeat().shuffle(config.shuffle_buffer, seed=config.seed).skip(skip)
+    if size_bytes <= CACHE_LIMIT_BYTES:  # decode once, keep in memory, read by index
+        images = decoded_images(source, shards, shard)
+        return _permuted_positions(config.seed, int(images.shape[0]), skip).map(
+            lambda index: tf.gather(images, index), num_parallel_calls=AUTOTUNE)
+    if source.record_at is not None:  # too big to keep: read and decode each example by its index
+        count = shard_size(source.num_examples, shards, shard)
+        return _permuted_positions(config.seed, count, skip).map(
+            lambda index: source.decode(source.record_at(index * shards + shard)),
+            num_parallel_calls=AUTOTUNE).ignore_errors(log_warning=True)
+    records = _blockwise_shuffled(config, _shard(source.records, shards, shard),
+                                  shard_size(source.num_examples, shards, shard), skip)
     return records.map(source.decode, num_parallel_calls=AUTOTUNE).ignore_errors(log_warning=True)
+
+
+def _shard(records: tf.data.Dataset, shards: int, shard: int) -> tf.data.Dataset:
+    """Records shard, shard + shards, shard + 2 shards, ... (all of them when there is one shard)."""
+    return records.shard(shards, shard) if shards > 1 else records
+
+
+def shard_size(num_examples: int, shards: int, shard: int) -> int:
+    """How many of num_examples records `_shard` gives to `shard`."""
+    return len(range(shard, num_examples, shards))
+
+
+def pass_seed(seed: int, epoch: tf.Tensor) -> tf.Tensor:
+    """The [2] stateless seed of pass `epoch` over the data."""
+    return tf.random.experimental.stateless_fold_in(tf.constant([seed, _ORDER_STREAM], tf.int64), epoch)
+
+
+def _permuted_positions(seed: int, count: int, skip: int) -> tf.data.Dataset:
+    """Example index at each stream position from `skip` on: pass p//count visits a seeded permutation."""
+    if count <= 0:
+        raise DatasetError("no decodable examples to train on: every image failed to decode")
+
+    def index_at(position: tf.Tensor) -> tf.Tensor:
+        epoch, offset = position // count, position % count
+        return tf.random.experimental.index_shuffle(offset, pass_seed(seed, epoch), count - 1)
+
+    return tf.data.Dataset.range(skip, 2**62).map(index_at, num_parallel_calls=AUTOTUNE)
+
+
+def _blockwise_shuffled(config: Config, records: tf.data.Dataset, count: int, skip: int) -> tf.data.Dataset:
+    """Sequential records, pass after pass, each block of shuffle_buffer records permuted; from `skip` on.
+
+    Only the current pass's skipped blocks are read (not decoded) on a resume: at most one pass of records.
+    """
+    block = max(1, min(config.shuffle_buffer, count))
+    first_epoch, offset = divmod(skip, count)
+    first_block, within = divmod(offset, block)
+
+    def one_pass(epoch: tf.Tensor, start_block: int = 0) -> tf.data.Dataset:
+        blocks = records.skip(start_block * block).batch(block).enumerate(start_block)
+
+        def permute(number: tf.Tensor, items: tf.Tensor) -> tf.Tensor:
+            n = tf.shape(items, out_type=tf.int64)[0]
+            seed = tf.random.experimental.stateless_fold_in(pass_seed(config.seed, epoch), number)
+            return tf.gather(items, tf.random.experimental.index_shuffle(tf.range(n), seed, n - 1))
+
+        return blocks.map(permute).unbatch()
+
+    first = one_pass(tf.constant(first_epoch, tf.int64), first_block).skip(within)
+    rest = tf.data.Dataset.range(first_epoch + 1, 2**62).flat_map(one_pass)
+    return first.concatenate(rest)
+
+
+def decoded_images(source: Source, shards: int = 1, shard: int = 0) -> tf.Tensor:
+    """This shard's examples decoded once into memory, uint8 [n, S, S, C] (undecodable ones dropped)."""
+    if (shards, shard) not in source.decoded:
+        images = _shard(source.records, shards, shard).map(source.decode, num_parallel_calls=AUTOTUNE)
+        parts = [batch.numpy() for batch in images.ignore_errors(log_warning=True).batch(1024)]
+        if not parts:
+            raise DatasetError("no decodable examples to train on: every image failed to decode")
+        with tf.device("/cpu:0"):
+            source.decoded[(shards, shard)] = tf.constant(np.concatenate(parts))
+        logging.info("Kept %d decoded images in memory.", source.decoded[(shards, shard)].shape[0])
+    return source.decoded[(shards, shard)]
 
 
 def steps_per_epoch(config: Config, source: Source) -> int | None:

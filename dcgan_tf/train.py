@@ -2,7 +2,7 @@
 
 Re-running the same command resumes from the latest checkpoint in --model_dir. SIGTERM/SIGINT stop it after
 the current step with a checkpoint (exit status 0); `--strategy=multi_worker` trains on the machines named by
-TF_CONFIG (README, "Running at scale").
+TF_CONFIG (docs/scale.md).
 """
 
 from __future__ import annotations
@@ -117,6 +117,9 @@ def set_precision(config: Config) -> None:
 
 def build_in_scope(config: Config, strategy: tf.distribute.Strategy) -> DCGAN:
     """The DCGAN built under `strategy` with the config's precision policy (reset afterwards)."""
+    # BatchNorm synchronised across replicas only where there are several: one replica already normalises
+    # over the whole batch, without the cross-replica reduction.
+    config = config.replace(sync_batchnorm=config.sync_batchnorm and strategy.num_replicas_in_sync > 1)
     set_precision(config)
     try:
         with strategy.scope():
@@ -135,9 +138,10 @@ def train(config: Config) -> DCGAN:
     # First TensorFlow work of the process: MultiWorkerMirroredStrategy must configure collective ops, and
     # --cpu_replicas must split the CPU, before any other op runs (creating a tf.data source is one).
     strategy = distribute.make_strategy(config)
+    distribute.check_batch_split(config, strategy)  # settings the strategy rules out: before opening the data
+    distribute.check_jit_compile(config, strategy)
     chief = distribute.is_chief(strategy)
     config, source, end = prepare(config, writes_outputs=chief)
-    distribute.check_batch_split(config, strategy)
     gan = build_in_scope(config, strategy)
     run_manager = checkpointing.make_manager(gan, config.model_dir, config.keep_checkpoints)
     start = restore(config, gan, run_manager, chief)

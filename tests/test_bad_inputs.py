@@ -1,5 +1,6 @@
-"""Bad inputs not covered elsewhere, each a clear message naming the fix (the README's "Bad inputs" section lists every case and its
-test): image_size below 16, a flagfile with an unknown flag, a full disk while checkpointing, a broken TF_CONFIG."""
+"""Bad inputs not covered elsewhere, each a clear message naming the fix (docs/scale.md, "Bad inputs", lists every
+case and its test): image_size below 16, a flagfile with an unknown flag, a full disk while checkpointing, a broken
+TF_CONFIG."""
 
 import errno
 import os
@@ -39,7 +40,7 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tiny_config
     def save_on_a_full_disk(manager, checkpoint_number=None, **kwargs):
         if checkpoint_number != 4:
             return real_save(manager, checkpoint_number=checkpoint_number, **kwargs)
-        # What TF does on ENOSPC (measured on a 64 KiB tmpfs, README "Running at scale"): the shard's temporary file in
+        # What TF does on ENOSPC (measured on a tmpfs, docs/scale.md "Measured"): the shard's temporary file in
         # ckpt-4_temp/ fails with ResourceExhaustedError, the index still names the previous checkpoint.
         partial = os.path.join(manager.directory, "ckpt-4_temp", "part-00000-of-00001.data-00000-of-00001")
         os.makedirs(os.path.dirname(partial))

@@ -98,16 +98,46 @@ def test_protocol_split_is_disjoint_and_class_balanced():
         svm.make_protocol_split(labels, 40, labels_per_class=100)
 
 
-def test_feature_svm_report_on_synthetic_shapes(tiny_config):
+def planted_features(config, separable):
+    """A stand-in for discriminator_features: one-hot labels (+ noise) of the report's own images, looked up by
+    their pixels, or the same noise alone. The report must reach 100% with the first, ~chance with the second."""
+    from dcgan_tf.evaluation import data as data_lib
+
+    label_of = {}
+    for split in ("train", "test"):
+        images, labels = data_lib.load_labeled(config, split, 200)
+        label_of.update({image.tobytes(): int(label) for image, label in zip(images, labels)})
+    rng = np.random.default_rng(0)
+
+    def features(discriminator, images, batch_size=256):
+        pixels = np.round((np.asarray(images) + 1) * 127.5).astype(np.uint8)
+        labels = np.array([label_of[image.tobytes()] for image in pixels])
+        noise = rng.normal(0, 0.1, (len(images), 3)).astype(np.float32)
+        return noise + (np.eye(3, dtype=np.float32)[labels] if separable else 0)
+
+    return features
+
+
+def test_feature_svm_report_separates_planted_separable_features(tiny_config, monkeypatch):
     d = build_discriminator(tiny_config)
-    report = reports.feature_svm_report(tiny_config, d, labels_per_class=10, validation_examples=60,
-                                        test_examples=60, c_grid=(0.01, 1.0))
+    options = dict(labels_per_class=10, validation_examples=60, test_examples=60, c_grid=(0.01, 1.0))
+    monkeypatch.setattr(reports, "discriminator_features", planted_features(tiny_config, separable=True))
+    report = reports.feature_svm_report(tiny_config, d, **options)
     assert set(report["results"]) == {"dcgan_d", "pixels", "random_d"}
     assert report["protocol"]["train_examples"] == 30  # 10 per class, 3 shapes
-    assert report["results"]["dcgan_d"]["feature_dims"] == pooled_feature_dims(tiny_config)
     assert report["results"]["pixels"]["feature_dims"] == 16 * 16 * 3
-    for result in report["results"].values():
-        assert 0.0 <= result["test_accuracy"] <= 1.0
+    # Labels travel with their images through the split, the extractors and the SVM: separable means 100%.
+    assert report["results"]["dcgan_d"]["test_accuracy"] == 1.0
+    assert report["results"]["random_d"]["test_accuracy"] == 1.0  # the same stand-in extractor
+    monkeypatch.setattr(reports, "discriminator_features", planted_features(tiny_config, separable=False))
+    noise = reports.feature_svm_report(tiny_config, d, baselines=(), **options)
+    assert noise["results"]["dcgan_d"]["test_accuracy"] < 0.7  # 3 classes: chance is about 1/3
+
+
+def test_feature_svm_report_uses_the_papers_pooled_d_features(tiny_config):
+    report = reports.feature_svm_report(tiny_config, build_discriminator(tiny_config), labels_per_class=10,
+                                        validation_examples=60, test_examples=60, c_grid=(1.0,), baselines=())
+    assert report["results"]["dcgan_d"]["feature_dims"] == pooled_feature_dims(tiny_config)
 
 
 # ---------------------------------------------------------------------------------------------------------

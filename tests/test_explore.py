@@ -122,9 +122,22 @@ def test_exemplar_index_outside_the_sheet_is_a_clear_error():
 
 def test_split_generator_reproduces_the_generator(gan):
     head, tail = ablation.split_generator(gan.generator)
-    assert ablation.concept_layer_name(gan.generator) == "deconv1_relu"  # 16x16: deconv1 (8x8) -> to_image
+    # 16x16: feature maps project (4x4) and deconv1 (8x8), then to_image: the second highest is the projection.
+    assert ablation.concept_layer_name(gan.generator) == "project_relu"
     z = latent.sample_z(4, NZ, 0)
     np.testing.assert_allclose(tail(head(z)).numpy(), gan.generator(z, training=False).numpy(), atol=1e-6)
+
+
+def test_default_ablation_layer_of_the_paper_model_has_room_for_its_200_filters():
+    """Paper 6.3.1 dropped 200 filters of the "second highest convolution layer": at 64x64, ngf=128 that is the
+    16x16x256 layer (the 32x32 one has 128 maps, the output conv 3)."""
+    from dcgan_tf.models import build_generator
+
+    generator = build_generator(Config(image_size=64, channels=3, ngf=128, nz=100))
+    name = ablation.concept_layer_name(generator)
+    assert name == "deconv2_relu"
+    assert tuple(generator.get_layer(name).output.shape[1:]) == (16, 16, 256)
+    assert generator.get_layer(name).output.shape[-1] >= 200
 
 
 def test_ablation_zeroes_exactly_the_chosen_maps(gan):
@@ -206,6 +219,42 @@ def test_guided_rectifier_passes_only_positive_gradients_at_positive_inputs():
         loss = tf.reduce_sum(y * tf.constant([1.0, 1.0, -1.0, 2.0]))
     np.testing.assert_allclose(y.numpy(), [-0.2, 2.0, 3.0, 0.5])
     np.testing.assert_allclose(tape.gradient(loss, x).numpy(), [0.0, 1.0, 0.0, 2.0])
+
+
+def hand_built_discriminator():
+    """1x1 convs, so each pixel is its own little net: x -> 3 maps (weights 1, -1, 0.5) -> LeakyReLU(0.2)
+    -> 2 features (weights [1, 1, -1] and [1, 1, -3]) -> LeakyReLU(0.2)."""
+    x = keras.Input((4, 4, 1))
+    h = keras.layers.Conv2D(3, 1, use_bias=False, name="conv0")(x)
+    h = keras.layers.LeakyReLU(0.2, name="conv0_lrelu")(h)
+    h = keras.layers.Conv2D(2, 1, use_bias=False, name="conv1")(h)
+    model = keras.Model(x, keras.layers.LeakyReLU(0.2, name="conv1_lrelu")(h))
+    model.get_layer("conv0").set_weights([np.array([1, -1, 0.5], np.float32).reshape(1, 1, 1, 3)])
+    model.get_layer("conv1").set_weights([np.array([[1, 1], [1, 1], [-1, -3]], np.float32).reshape(1, 1, 3, 2)])
+    return model
+
+
+def test_guided_backprop_follows_the_guided_rule_on_a_hand_built_net():
+    import tensorflow as tf
+
+    d = hand_built_discriminator()
+    image = np.zeros((1, 4, 4, 1), np.float32)
+    image[0, 1, 2, 0] = 2.0  # the only non-zero pixel
+    # Feature 0 at that pixel: maps (2, -2, 1) -> (2, -0.4, 1) -> 2 - 0.4 - 1 = 0.6, the maximum (0 elsewhere).
+    # Guided: map 1's input is negative and map 2's gradient (-1) is negative, so only map 0 passes: 1 x 1 = 1.
+    # Plain backprop would give 1 + 1 x 0.2 x (-1) + (-1) x 0.5 = 0.3.
+    guided = dviz.guided_gradients(d, image, "conv1_lrelu", 0)
+    expected = np.zeros_like(image)
+    expected[0, 1, 2, 0] = 1.0
+    np.testing.assert_allclose(guided, expected, atol=1e-6)
+    x = tf.constant(image)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        plain_objective = tf.reduce_max(d(x)[..., 0])
+    assert tape.gradient(plain_objective, x).numpy()[0, 1, 2, 0] == pytest.approx(0.3)
+    # Feature 1: 2 - 0.4 - 3 = -1.4 at that pixel, 0 elsewhere: the maximum's input is not positive (and every
+    # map's input there is 0), so the guided rule lets nothing through: zero everywhere.
+    np.testing.assert_array_equal(dviz.guided_gradients(d, image, "conv1_lrelu", 1), np.zeros_like(image))
 
 
 def test_guided_backprop_gradients_have_the_input_shape_and_are_not_zero(gan, real):
@@ -352,6 +401,31 @@ def test_export_and_server_give_the_same_samples_as_the_run(gan, run_dir, tmp_pa
     assert (export_gen.nz, export_gen.z_dist, export_gen.config.dataset) == (NZ, "uniform", "synthetic")
     with pytest.raises(sources.SourceError, match="--model_dir"):
         explore_run("ablate", export_dir=base, filters=[0])
+
+
+def test_server_z_dist_is_the_served_models_own(tmp_path):
+    """A generator trained with --z_dist=normal, served: explore --server draws normal z without being told."""
+    from dcgan_tf import export
+    from serving import local_server
+
+    config = CONFIG.replace(z_dist="normal")
+    keras.utils.set_random_seed(0)
+    base = str(tmp_path / "export")
+    export.export_generator(build_gan(config), config, base, version=1, bn_samples=64)
+    core = local_server.ModelServer([local_server.ServedModel("dcgan", base)])
+    core.poll_all()
+    server, port = local_server.start_grpc_server(core, "127.0.0.1", 0, 2, 64)
+    try:
+        assert explore.served_z_dist(f"127.0.0.1:{port}", "dcgan") == "normal"
+        summary = explore_run("sheet", server=f"127.0.0.1:{port}", num=64, out=str(tmp_path / "sheet"))
+        with pytest.raises(explore.ExploreError, match="cannot ask .* for model 'other'"):
+            explore_run("sheet", server=f"127.0.0.1:{port}", model_name="other", out=str(tmp_path / "x"))
+    finally:
+        server.stop(None)
+    with np.load(summary["npz"]) as data:
+        assert str(data["z_dist"]) == "normal"
+        np.testing.assert_array_equal(data["z"], latent.sample_z(64, NZ, 0, "normal", latent.STREAM_SHEET))
+        assert np.abs(data["z"]).max() > 1
 
 
 def test_clear_errors(run_dir, tmp_path):

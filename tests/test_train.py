@@ -98,9 +98,18 @@ def test_bad_settings_fail_before_any_work(tiny_config, tmp_path):
     assert not os.path.exists(tiny_config.model_dir) or not os.listdir(tiny_config.model_dir)
 
 
-def test_batch_must_split_over_replicas(tiny_config):
+def test_batch_must_split_over_replicas_checked_before_the_data_is_opened(tiny_config, tmp_path):
+    unopenable = f"folder:{tmp_path / 'missing'}"  # opening it would fail with a DatasetError
     with pytest.raises(ConfigError, match="does not split evenly over 2 replicas"):
-        train.train(tiny_config.replace(batch_size=7, strategy="mirrored"))
+        train.train(tiny_config.replace(batch_size=7, strategy="mirrored", dataset=unopenable))
+
+
+def test_jit_compile_with_mirrored_cpus_is_a_clear_error_before_any_work(tiny_config, tmp_path):
+    unopenable = f"folder:{tmp_path / 'missing'}"
+    with pytest.raises(ConfigError, match=r"--jit_compile does not work with --strategy=mirrored over 2 CPU "
+                                          r"devices.*drop --jit_compile"):
+        train.train(tiny_config.replace(jit_compile=True, strategy="mirrored", dataset=unopenable))
+    assert not os.path.exists(tiny_config.model_dir)
 
 
 def run_cli(*args, cwd=REPO):
@@ -124,9 +133,11 @@ def test_cli_with_a_flagfile_trains_then_resumes(tmp_path):
 
 
 def test_cli_errors_are_messages_not_tracebacks(tmp_path):
-    missing = run_cli("--dataset=celeb_a", f"--data_dir={tmp_path}", "--train_steps=1",
+    # --download=false: the test never starts celeb_a's 1.4 GB download, even on a machine with network.
+    missing = run_cli("--dataset=celeb_a", f"--data_dir={tmp_path}", "--train_steps=1", "--download=false",
                       f"--model_dir={tmp_path / 'run'}")
     assert missing.returncode != 0
     assert "error: dataset 'celeb_a' is not in" in missing.stderr and "Traceback" not in missing.stderr
+    assert "downloading is off" in missing.stderr and "downloads/manual" in missing.stderr
     unknown = run_cli("--no_such_flag=1")
     assert unknown.returncode != 0 and "no_such_flag" in unknown.stderr

@@ -1,6 +1,7 @@
 """Concept filters and filter ablation (paper section 6.3.1, Fig. 6).
 
-A logistic regression on the generator's second-highest conv layer predicts, at each spatial position of
+A logistic regression on the generator's second-highest conv layer of feature maps (see
+concept_layer_name; 16x16x256 for the paper's 64x64 model) predicts, at each spatial position of
 that layer, whether the position lies inside a concept's mask; filters with positive weight are the
 concept's filters. Dropping them (zeroing those feature maps at every position) and running the rest of
 the generator shows what the generator draws without them.
@@ -20,17 +21,22 @@ _LUMA = np.array([0.2989, 0.5870, 0.1140], np.float32)
 
 
 def concept_layer_name(generator: keras.Model) -> str:
-    """Name of the layer holding the second-highest conv layer's feature maps (after its BN and ReLU)."""
-    convs = [layer.name for layer in generator.layers if isinstance(layer, (keras.layers.Conv2DTranspose,
-                                                                         keras.layers.Conv2D))]
-    if len(convs) < 2:
-        raise ValueError(f"generator {generator.name} has {len(convs)} conv layer(s); concept filters need two")
-    names = [layer.name for layer in generator.layers]
-    # The feature maps the paper drops are the block's output: the activation that follows the conv.
-    for suffix in ("_relu", "_bn", ""):
-        if convs[-2] + suffix in names:
-            return convs[-2] + suffix
-    raise AssertionError("unreachable")
+    """The paper's "second highest convolution layer" of G (section 6.3.1): its second-to-last feature maps.
+
+    Which layer the paper means: it dropped 200 filters there, so the layer has at least 200 maps. G's layers of
+    feature maps are the projection and every fractionally-strided conv but the last, whose output is the image
+    (3 maps), not features. At 64x64 with ngf=128 (the paper's 4x4x1024 projection) they are 4x4x1024,
+    8x8x512, 16x16x256 and 32x32x128: the highest, 32x32x128, has fewer than 200 maps, and so would the
+    second-to-last conv counting the output layer (that same 32x32x128). The second highest feature layer,
+    16x16x256, is the only reading with room for 200 filters. Each layer's maps are taken after its BatchNorm
+    and ReLU (the activation that follows the conv), as the next layer sees them.
+    """
+    stages = [layer.name for layer in generator.layers
+              if isinstance(layer, keras.layers.ReLU) and len(layer.output.shape) == 4]
+    if len(stages) < 2:
+        raise ValueError(f"generator {generator.name} has {len(stages)} layer(s) of feature maps (ReLU outputs); "
+                         "concept filters need two")
+    return stages[-2]
 
 
 def apply_layers(layers: Sequence[keras.layers.Layer], x: tf.Tensor) -> tf.Tensor:
