@@ -22,8 +22,8 @@ def prose(path: str) -> str:
 
 
 def slug(heading: str) -> str:
-    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
-    text = re.sub(r"[`*_]", "", heading.strip().lower())
+    """GitHub's anchor for a heading: lower case, punctuation but `-` and `_` dropped, spaces to hyphens."""
+    text = re.sub(r"[`*]", "", heading.strip().lower())  # GitHub keeps underscores: "TF_CONFIG" -> "tf_config"
     return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
 
 
