@@ -211,7 +211,9 @@ def test_resume_reads_as_many_records_at_step_100k_as_at_step_1(tmp_path, monkey
         dataset = dataset.with_options(_sequential())
         next(iter(dataset))
         reads[step] = int(counter.numpy())
-    assert reads[1] <= 2 * config.batch_size and reads[100_000] <= 2 * config.batch_size, reads
+    # One batch plus what tf.data's parallel map reads ahead (seen: 7 to 10 under load), never more than one pass
+    # of the 12 images; the old skip-based resume read 400,007 at step 100k.
+    assert reads[1] <= 3 * config.batch_size and reads[100_000] <= 3 * config.batch_size, reads
 
 
 def _sequential():
