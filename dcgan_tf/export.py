@@ -106,7 +106,7 @@ def _float32_policy() -> Iterator[None]:
 
 def _generator_of(gan_or_generator: Any) -> tuple[keras.Model, int | None]:
     """(generator, training step or None) of a DCGAN or a bare generator."""
-    generator = getattr(gan_or_generator, "generator", None)
+    generator = getattr(gan_or_generator, "output_generator", None)  # G's EMA unless the run says raw G
     if generator is not None:
         return generator, int(gan_or_generator.step.numpy())
     if isinstance(gan_or_generator, keras.Model):

@@ -259,10 +259,10 @@ def test_callback_keeps_the_best_not_the_last_checkpoint_across_resumes(tiny_con
         values = iter(fids)
         callback.compute_fid = lambda: next(values)
         callback.set_model(gan)
-        gan.g_optimizer.iterations.assign(first_step)
+        gan.step.assign(first_step)
         callback.on_train_begin()
         for batch in range(2 * len(fids)):
-            gan.g_optimizer.iterations.assign(first_step + batch + 1)  # what the train step would do
+            gan.step.assign(first_step + batch + 1)  # what the train step would do
             callback.on_train_batch_end(batch)
         callback.on_train_end()
 
