@@ -94,6 +94,9 @@ def test_resume_equals_an_uninterrupted_run_with_ema_and_grids_say_which(tiny_co
     assert_all_close(run_state(straight), run_state(resumed), rtol=1e-5, atol=1e-6)
     _, loaded = checkpointing.load_run(interrupted.model_dir)
     assert_all_close(run_state(loaded), run_state(resumed), rtol=0, atol=0)
+    assert loaded.output_generator is loaded.generator_ema
+    raw_config, raw = checkpointing.load_run(interrupted.model_dir, g_ema=False)  # evaluate/explore --g_ema=false
+    assert raw.output_generator is raw.generator and raw_config.g_ema is False
     # Both generators' grids, named by file and TensorBoard tag.
     assert sorted(os.listdir(tmp_path / "straight" / "samples")) == [
         "step_00000002.png", "step_00000002_ema.png", "step_00000004.png", "step_00000004_ema.png"]
