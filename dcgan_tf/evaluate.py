@@ -126,8 +126,8 @@ def run_fid() -> dict:
     others, best = {}, None
     if FLAGS.model_dir:
         config, gan = load_model()
-        generator, step = fid_lib.inference_generator(gan.output_generator, config, FLAGS.bn_samples), int(
-            gan.step.numpy())
+        generator = fid_lib.inference_generator(gan.output_generator, config, FLAGS.bn_samples)
+        step = int(gan.step.numpy())
         source = {"model_dir": FLAGS.model_dir, "generator": gan.output_generator_name}
         best = load_best_generator(config) if FLAGS.best else None
         if best is not None:

@@ -21,6 +21,7 @@ from dcgan_tf.evaluation.fid import (Extractor, as_unit_range, fid_from_features
                                      inference_generator)
 from dcgan_tf.evaluation.reports import write_json
 from dcgan_tf.export import DEFAULT_BN_SAMPLES
+from dcgan_tf.gan import DCGAN
 
 BEST_FILE = "best.json"
 BEST_SUBDIR = "best"  # model_dir/best: the best-FID checkpoint as a run directory of its own
@@ -138,7 +139,7 @@ def best_dir_of(config: Config) -> str:
     return os.path.join(config.model_dir, BEST_SUBDIR)
 
 
-def load_best(config: Config, default=None):
+def load_best(config: Config, default: tuple[DCGAN, int] | None = None) -> tuple[DCGAN, int] | None:
     """(DCGAN, step) of the run's best-FID checkpoint (model_dir/best), or `default` when there is none yet."""
     best_dir = best_dir_of(config)
     best = read_best(best_dir)
