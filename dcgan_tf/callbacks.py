@@ -155,7 +155,11 @@ def wants_progress_log(verbose: int, stdout_is_terminal: bool) -> bool:
 
 
 class SampleGrid(StepCallback):
-    """Renders G(fixed z) in inference mode as a TensorBoard image and model_dir/samples/step_N.png."""
+    """Renders G(fixed z) in inference mode as a TensorBoard image and model_dir/samples/step_N.png.
+
+    With G's EMA in use (the default) it renders the EMA too, as step_N_ema.png and the image "samples_ema";
+    step_N.png and "samples" are always the raw G.
+    """
 
     def __init__(self, writer: tf.summary.SummaryWriter, every: int, fixed_z: tf.Tensor, sample_dir: str):
         super().__init__(every)
@@ -165,11 +169,15 @@ class SampleGrid(StepCallback):
         self.last_written = -1
 
     def on_step(self, step: int, logs: dict) -> None:
-        grid = images_lib.make_grid(images_lib.to_uint8(self.model.generator(self.fixed_z, training=False)))
-        with self.writer.as_default(step=step):
-            tf.summary.image("samples", grid[np.newaxis])
+        generators = [("", self.model.generator)]
+        if self.model.use_ema:
+            generators.append(("_ema", self.model.generator_ema))
+        for suffix, generator in generators:
+            grid = images_lib.make_grid(images_lib.to_uint8(generator(self.fixed_z, training=False)))
+            with self.writer.as_default(step=step):
+                tf.summary.image(f"samples{suffix}", grid[np.newaxis])
+            images_lib.write_png(os.path.join(self.sample_dir, f"step_{step:08d}{suffix}.png"), grid)
         self.writer.flush()
-        images_lib.write_png(os.path.join(self.sample_dir, f"step_{step:08d}.png"), grid)
         self.last_written = step
 
     def on_train_end(self, logs=None):
@@ -304,6 +312,7 @@ class CheckpointSaver(StepCallback):
 def non_finite_variables(gan: keras.Model) -> list[str]:
     """Names of the checkpointed float variables (networks and optimizers) holding a NaN or an infinity."""
     variables = gan.generator.weights + gan.discriminator.weights
+    variables += gan.generator_ema.weights if gan.generator_ema is not None else []
     variables += gan.d_optimizer.variables + gan.g_optimizer.variables
     floats = [v for v in variables if tf.as_dtype(v.dtype).is_floating]  # Keras 3: dtype is a str
     finite = tf.stack([tf.reduce_all(tf.math.is_finite(v)) for v in floats]).numpy()

@@ -1,4 +1,4 @@
-"""Checkpoints of a whole run: both networks, both optimizers and the step (which is also the RNG state).
+"""Checkpoints of a whole run: both networks, G's EMA, both optimizers and the step (which is also the RNG state).
 
 tf.train.CheckpointManager writes each checkpoint's shards to a temporary name, renames them into place and
 only then rewrites its `checkpoint` index (an atomic rename), so a reader never picks up a half-written one.
@@ -30,14 +30,62 @@ class CheckpointError(RuntimeError):
     """No usable checkpoint where one was expected, or one that could not be written."""
 
 
+# Parts that checkpoints written before they existed lack; restoring such a checkpoint fills them in
+# (`_fill_missing`) instead of refusing it.
+LATER_PARTS = ("step", "generator_ema")
+
+
 def make_checkpoint(gan: DCGAN) -> tf.train.Checkpoint:
     """A tf.train.Checkpoint over everything that must survive a restart."""
-    return tf.train.Checkpoint(
+    parts = dict(
         generator=gan.generator,
         discriminator=gan.discriminator,
-        d_optimizer=gan.d_optimizer,
-        g_optimizer=gan.g_optimizer,  # its `iterations` is the step counter and seeds z
+        d_optimizer=gan.d_optimizer,  # a LossScaleOptimizer under float16, as the run trained
+        g_optimizer=gan.g_optimizer,
+        step=gan.step_counter,  # the step, which also seeds z
     )
+    if gan.generator_ema is not None:
+        parts["generator_ema"] = gan.generator_ema
+    return tf.train.Checkpoint(**parts)
+
+
+def saved_parts(path: str) -> set[str]:
+    """Names of the top-level objects (generator, step, ...) that the checkpoint at `path` holds."""
+    return {name.split("/", 1)[0] for name, _ in tf.train.list_variables(path)}
+
+
+def restore_checkpoint(checkpoint: tf.train.Checkpoint, path: str) -> None:
+    """Restore `path` into `checkpoint`, every object matched; a checkpoint older than the step counter or G's
+    EMA restores what it has, and the missing parts are derived (see `_fill_missing`)."""
+    present = saved_parts(path)
+    missing = [name for name in LATER_PARTS if hasattr(checkpoint, name) and name not in present]
+    target = checkpoint
+    if missing:
+        target = tf.train.Checkpoint(**{name: getattr(checkpoint, name) for name in _part_names(checkpoint)
+                                        if name not in missing})
+    target.restore(path).assert_existing_objects_matched()
+    _fill_missing(checkpoint, missing, path)
+
+
+def _part_names(checkpoint: tf.train.Checkpoint) -> list[str]:
+    """The names make_checkpoint gave the checkpoint's parts."""
+    names = ("generator", "discriminator", "d_optimizer", "g_optimizer") + LATER_PARTS
+    return [name for name in names if hasattr(checkpoint, name)]
+
+
+def _fill_missing(checkpoint: tf.train.Checkpoint, missing: list[str], path: str) -> None:
+    """Derive what an old checkpoint lacks: the step from G's optimizer (what counted steps before), the EMA from G."""
+    if "step" in missing:
+        # Before the model counted its steps, G's optimizer did; under float16 it missed loss-scale-skipped ones.
+        checkpoint.step.assign(tf.cast(checkpoint.g_optimizer.iterations, tf.int64))
+        logging.warning("%s predates the model's step counter: taking step %d from G's optimizer (a float16 run "
+                        "may have counted fewer steps than it trained).", path, int(checkpoint.step.numpy()))
+    if "generator_ema" in missing:
+        from dcgan_tf.gan import copy_weights
+
+        copy_weights(checkpoint.generator, checkpoint.generator_ema)
+        logging.warning("%s has no EMA of G (trained before it existed): the EMA starts from G's weights now.",
+                        path)
 
 
 def make_manager(gan: DCGAN, model_dir: str, keep: int) -> tf.train.CheckpointManager:
@@ -51,7 +99,7 @@ def restore_latest(manager: tf.train.CheckpointManager) -> str | None:
     """Restore the newest readable checkpoint (skipping unreadable ones with a warning); its path or None."""
     for path in reversed(manager.checkpoints):
         try:
-            manager.checkpoint.restore(path).assert_existing_objects_matched()
+            restore_checkpoint(manager.checkpoint, path)
         # A truncated .data file raises IndexError ("Read less bytes than requested"), a corrupted one OpError.
         except (tf.errors.OpError, AssertionError, ValueError, IndexError) as e:
             logging.warning("Skipping unreadable checkpoint %s (%s: %s); trying the previous one.",
@@ -76,8 +124,13 @@ def read_run_config(model_dir: str) -> Config | None:
     return Config.from_json_file(path) if os.path.exists(path) else None
 
 
-def load_run(model_dir: str) -> tuple[Config, DCGAN]:
-    """Rebuild a trained run's DCGAN from model_dir (config.json + latest checkpoint), outside any strategy."""
+def load_run(model_dir: str, g_ema: bool | None = None) -> tuple[Config, DCGAN]:
+    """Rebuild a trained run's DCGAN from model_dir (config.json + latest checkpoint), outside any strategy.
+
+    The networks are float32 whatever the run's precision, but the optimizers are those the run trained with
+    (a LossScaleOptimizer under float16), so every value of the checkpoint finds its variable. `g_ema` picks
+    the generator of the outputs (`gan.output_generator`): None = the run's own choice.
+    """
     from dcgan_tf.models import build_gan
 
     config = read_run_config(model_dir)
@@ -85,10 +138,24 @@ def load_run(model_dir: str) -> tuple[Config, DCGAN]:
         raise CheckpointError(f"{model_dir} has no {CONFIG_FILE}: it is not a dcgan_tf run directory "
                               "(train one with python -m dcgan_tf.train --model_dir=...)")
     config = config.replace(model_dir=model_dir, strategy="default", cpu_replicas=0, sync_batchnorm=False,
-                            mixed_precision="none", jit_compile=False)
+                            jit_compile=False)
+    if g_ema is not None:
+        if g_ema and config.g_ema_decay <= 0:
+            raise CheckpointError(f"{model_dir} was trained without an EMA of G (--g_ema_decay=0): use "
+                                  "--g_ema=false for its raw G")
+        config = config.replace(g_ema=g_ema)
+    # Outside training the global Keras policy is float32, so build_gan makes float32 networks; it reads
+    # config.mixed_precision only to wrap the optimizers as training did.
     gan = build_gan(config)
-    if restore_latest(make_manager(gan, model_dir, config.keep_checkpoints)) is None:
+    path = restore_latest(make_manager(gan, model_dir, config.keep_checkpoints))
+    if path is None:
         raise CheckpointError(f"{model_dir} has no checkpoint yet under {CHECKPOINT_SUBDIR}/")
+    if gan.use_ema and "generator_ema" not in saved_parts(path):
+        logging.warning("%s has no EMA of G (trained before it existed): using its raw G.", model_dir)
+        gan.use_ema = False
+        config = config.replace(g_ema=False)
+    logging.info("Loaded %s at step %d; outputs use its %s generator.", model_dir, int(gan.step.numpy()),
+                 "EMA" if gan.use_ema else "raw")
     return config, gan
 
 

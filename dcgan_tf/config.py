@@ -63,6 +63,8 @@ class Config:
     train_steps: int = 0  # total G/D updates; 0 = derive from `epochs`
     epochs: int = 25  # passes over a finite dataset, used when train_steps is 0 (paper: not stated)
     seed: int = 0  # seeds z, the synthetic data, the shuffle order and the weight init
+    g_ema: bool = True  # outputs (exports, grids, FID, explore) use the EMA of G's weights; false = the paper's raw G
+    g_ema_decay: float = 0.999  # decay of G's weight EMA, warmed up as min(decay, (1+t)/(10+t)); 0 = no EMA kept
 
     # --- Speed --------------------------------------------------------------------------------------------
     jit_compile: bool = False  # XLA-compile the train step
@@ -145,6 +147,9 @@ def validate(config: Config) -> None:
         (config.strategy in STRATEGIES, f"strategy={config.strategy!r} must be one of {STRATEGIES}"),
         (config.mixed_precision in ("none", "bfloat16", "float16"),
          f"mixed_precision={config.mixed_precision!r} must be none, bfloat16 or float16"),
+        (0 <= config.g_ema_decay < 1, f"g_ema_decay={config.g_ema_decay} must be in [0, 1) (0 keeps no EMA)"),
+        (not config.g_ema or config.g_ema_decay > 0,
+         "--g_ema needs an EMA to use: set --g_ema_decay in (0, 1) (e.g. 0.999), or --g_ema=false for the raw G"),
         (config.train_steps >= 0 and config.epochs >= 0, "train_steps and epochs must not be negative"),
         (config.train_steps > 0 or config.epochs > 0,
          "set --train_steps=N (or --epochs=N for a finite dataset): the run has no length"),

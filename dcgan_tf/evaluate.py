@@ -7,7 +7,8 @@
       --classifier_path=runs/fmnist_classifier.keras
       A small CNN whose features replace Inception's for small grayscale sets.
   python -m dcgan_tf.evaluate fid --model_dir=runs/x | --export_dir=exports/dcgan [--extractor=classifier ...]
-      FID and KID of generated vs real images, with the real-vs-real floor and an untrained generator.
+      FID and KID of generated vs real images, with the real-vs-real floor and an untrained generator; for a
+      run, of G's EMA (or --g_ema=false: the raw G), and also of its best-FID checkpoint (model_dir/best).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ if __name__ == "__main__":  # a CLI run: hide TensorFlow's start-up chatter befo
     startup.quiet_start()
 
 import json
+import os
 import sys
 
 from absl import app, flags, logging
@@ -60,6 +62,10 @@ def define_flags() -> None:
                         "'imagenet' (downloaded by Keras) or the path of InceptionV3's notop .h5 weights.")
     flags.DEFINE_string("classifier_path", "", "The .keras classifier (train-classifier writes it, fid reads it).")
     flags.DEFINE_integer("kid_subsets", fid_lib.KID_SUBSETS, "Random subsets averaged by KID.")
+    flags.DEFINE_bool("g_ema", None, "--model_dir: evaluate G's EMA (true) or the raw G (false); default: the "
+                                     "run's own --g_ema.")
+    flags.DEFINE_bool("best", True, "--model_dir: also evaluate the best-FID checkpoint that --fid_every keeps "
+                                    "in model_dir/best (reported as best_step), when there is one.")
     flags.DEFINE_integer("bn_samples", DEFAULT_BN_SAMPLES,
                          "--model_dir: re-estimate G's BatchNorm from this many z, as the export does; 0 = off.")
     # train-classifier
@@ -79,7 +85,7 @@ def load_model() -> tuple[Config, DCGAN]:
     """The run in --model_dir at its latest checkpoint, or at --checkpoint_step."""
     if not FLAGS.model_dir:
         raise app.UsageError("pass --model_dir=DIR of a training run")
-    config, gan = checkpointing.load_run(FLAGS.model_dir)
+    config, gan = checkpointing.load_run(FLAGS.model_dir, g_ema=FLAGS.g_ema)
     if FLAGS.checkpoint_step:
         manager = checkpointing.make_manager(gan, FLAGS.model_dir, config.keep_checkpoints)
         wanted = [p for p in manager.checkpoints if p.endswith(f"ckpt-{FLAGS.checkpoint_step}")]
@@ -87,8 +93,22 @@ def load_model() -> tuple[Config, DCGAN]:
             steps = [p.rsplit("-", 1)[-1] for p in manager.checkpoints]
             raise checkpointing.CheckpointError(f"{FLAGS.model_dir} has no checkpoint of step "
                                                 f"{FLAGS.checkpoint_step}; it has steps {steps}")
-        manager.checkpoint.restore(wanted[0]).assert_existing_objects_matched()
+        checkpointing.restore_checkpoint(manager.checkpoint, wanted[0])
     return config, gan
+
+
+def load_best_generator(config: Config) -> tuple[dict, object] | None:
+    """({"step", "in_training_fid", ...}, inference G) of the run's best-FID checkpoint, or None if it has none."""
+    from dcgan_tf.evaluation.callback import BEST_SUBDIR, read_best
+
+    best_dir = os.path.join(FLAGS.model_dir, BEST_SUBDIR)
+    best = read_best(best_dir)
+    if best is None:
+        return None
+    best_config, best_gan = checkpointing.load_run(best_dir, g_ema=config.g_ema)
+    info = {"step": int(best_gan.step.numpy()), "in_training_fid": best["fid"],
+            "in_training_samples": best["num_samples"], "generator": best_gan.output_generator_name}
+    return info, fid_lib.inference_generator(best_gan.output_generator, best_config, FLAGS.bn_samples)
 
 
 def run_features() -> dict:
@@ -108,17 +128,24 @@ def run_fid() -> dict:
     if bool(FLAGS.model_dir) == bool(FLAGS.export_dir):
         raise app.UsageError("pass exactly one of --model_dir (a training run) or --export_dir (a serving export)")
     extractor = fid_lib.make_extractor(FLAGS.extractor, FLAGS.inception_weights, FLAGS.classifier_path)
+    others, best = {}, None
     if FLAGS.model_dir:
         config, gan = load_model()
-        generator, source, step = (fid_lib.inference_generator(gan.generator, config, FLAGS.bn_samples),
-                                   {"model_dir": FLAGS.model_dir}, int(gan.step.numpy()))
+        generator = fid_lib.inference_generator(gan.output_generator, config, FLAGS.bn_samples)
+        step = int(gan.step.numpy())
+        source = {"model_dir": FLAGS.model_dir, "generator": gan.output_generator_name}
+        best = load_best_generator(config) if FLAGS.best else None
+        if best is not None:
+            others["best_step"] = best[1]
     else:
         generator, config = fid_lib.load_exported_generator(FLAGS.export_dir)
-        source, step = {"export_dir": FLAGS.export_dir}, None
+        source, step = {"export_dir": FLAGS.export_dir, "generator": "ema" if config.g_ema else "raw"}, None
     config = _with_data_flags(config)
     baselines = reports.FID_BASELINES if FLAGS.baselines is None else FLAGS.baselines
     report = reports.fid_report(config, generator, extractor, FLAGS.num_samples, baselines, FLAGS.bn_samples,
-                                FLAGS.kid_subsets, FLAGS.seed)
+                                FLAGS.kid_subsets, FLAGS.seed, others=others)
+    if best is not None:
+        report["best_step"] = {**best[0], **report["best_step"]}
     return {"command": "fid", **source, "step": step, "dataset": config.dataset, "extractor": FLAGS.extractor,
             **({"classifier_path": FLAGS.classifier_path} if FLAGS.extractor == "classifier" else {}),
             **report}

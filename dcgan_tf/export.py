@@ -146,8 +146,8 @@ def _float32_policy() -> Iterator[None]:
 
 
 def exported_generator(gan: Any) -> keras.Model:
-    """The network a DCGAN run exports: the one place that chooses it (e.g. an EMA copy instead of G)."""
-    return gan.generator
+    """The network a DCGAN run exports: the one place that chooses it (G's EMA unless the run says raw G)."""
+    return gan.output_generator
 
 
 def _generator_of(gan_or_generator: Any) -> tuple[keras.Model, int | None]:

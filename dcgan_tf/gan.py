@@ -1,4 +1,9 @@
-"""DCGAN as a keras.Model: networks passed in, two optimizers in compile(), one train_step updating D then G."""
+"""DCGAN as a keras.Model: networks passed in, two optimizers in compile(), one train_step updating D then G.
+
+The model owns its step counter (incremented once per train_step, whatever the optimizers do: under float16 loss
+scaling an optimizer skips the steps whose gradients overflowed) and, optionally, an exponential moving average
+of G's weights (Yazici et al. 2019, "The Unusual Effectiveness of Averaging in GAN Training").
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,9 @@ import tensorflow as tf
 # Paper section 4: Adam with learning rate 0.0002 and beta1 0.5.
 PAPER_LEARNING_RATE = 2e-4
 PAPER_BETA1 = 0.5
+# EMA warm-up (as tf.train.ExponentialMovingAverage's num_updates): the decay at update t is
+# min(decay, (1 + t) / (EMA_WARMUP + t)), so the average forgets the random initialisation within tens of steps.
+EMA_WARMUP = 10.0
 
 
 def sample_latent(num: int, latent_dim: int, seed: tf.Tensor, z_dist: str = "uniform") -> tf.Tensor:
@@ -36,14 +44,34 @@ class DCGAN(keras.Model):
         latent_dim: int = 100,
         z_dist: str = "uniform",
         seed: int = 0,
+        generator_ema: keras.Model | None = None,
+        ema_decay: float = 0.999,
+        use_ema: bool | None = None,
         **kwargs,
     ):
+        """`generator_ema`: a second generator of G's architecture that holds the EMA of G's weights (None: no
+        EMA); `use_ema`: whether outputs (`output_generator`: exports, grids, FID) come from it (default: if any)."""
         super().__init__(**kwargs)
+        use_ema = generator_ema is not None if use_ema is None else use_ema
+        if use_ema and generator_ema is None:
+            raise ValueError("use_ema=True needs a generator_ema (pass one, or use_ema=False for the raw G)")
+        if generator_ema is not None and not 0.0 < ema_decay < 1.0:
+            raise ValueError(f"ema_decay={ema_decay} must be in (0, 1) (e.g. 0.999)")
         self.generator = generator
         self.discriminator = discriminator
+        self.generator_ema = generator_ema
+        self.ema_decay = ema_decay
+        self.use_ema = use_ema
         self.latent_dim = latent_dim
         self.z_dist = z_dist
         self.seed = seed
+        # Completed train steps, and the RNG state of z. Only the first replica's increment is kept, as for
+        # Keras's own optimizer.iterations, so every replica (and worker) holds the same count.
+        self.step_counter = keras.Variable(0, dtype="int64", trainable=False, aggregation="only_first_replica",
+                                           name="step")
+        if generator_ema is not None:
+            generator_ema.trainable = False  # only update_ema writes it; not in the model's trainable variables
+            copy_weights(generator, generator_ema)  # the average starts at G's initial weights
         self.d_loss_tracker = keras.metrics.Mean(name="d_loss")
         self.g_loss_tracker = keras.metrics.Mean(name="g_loss")
         self.d_real_tracker = keras.metrics.Mean(name="d_real")
@@ -74,8 +102,43 @@ class DCGAN(keras.Model):
 
     @property
     def step(self) -> tf.Variable:
-        """Number of completed train steps (G's optimizer counts one update per step)."""
-        return self.g_optimizer.iterations
+        """Number of completed train steps (counted by the model: an optimizer skips float16 overflow steps)."""
+        return self.step_counter
+
+    @property
+    def output_generator(self) -> keras.Model:
+        """The generator users get (exports, sample grids, FID, explore): G's EMA, or the raw G if use_ema is off."""
+        return self.generator_ema if self.use_ema else self.generator
+
+    @property
+    def output_generator_name(self) -> str:
+        """"ema" or "raw": which generator `output_generator` is, for logs, reports and file names."""
+        return "ema" if self.use_ema else "raw"
+
+    def ema_decay_at(self, updates: tf.Tensor) -> tf.Tensor:
+        """The EMA decay used by update number `updates` (1, 2, ...): warmed up, then ema_decay."""
+        t = tf.cast(updates, tf.float32)
+        return tf.minimum(tf.constant(self.ema_decay, tf.float32), (1.0 + t) / (EMA_WARMUP + t))
+
+    def update_ema(self) -> None:
+        """ema <- ema - (1 - decay) (ema - G) for every float variable of G (weights and BatchNorm statistics).
+
+        Runs in replica context inside train_step. Like Keras's optimizers, it moves to cross-replica context
+        (merge_call) and updates each device's copy from that device's copy of G, so it works for mirrored
+        variables of any aggregation, on one device, under MirroredStrategy and the multi-worker loop.
+        """
+        # .value: the tf.Variable (a DistributedVariable in a strategy scope) behind each Keras variable.
+        pairs = [(e.value, g.value) for e, g in zip(self.generator_ema.weights, self.generator.weights)
+                 if tf.as_dtype(e.dtype).is_floating]
+        decay = self.ema_decay_at(self.step_counter.value + 1)
+
+        def update_all(strategy: tf.distribute.Strategy, decay: tf.Tensor) -> None:
+            for ema, source in pairs:
+                strategy.extended.update(
+                    ema, lambda e, g, d: e.assign_sub((1.0 - d) * (e - tf.cast(g, e.dtype))),
+                    args=(source, decay), group=False)
+
+        tf.__internal__.distribute.interim.maybe_merge_call(update_all, tf.distribute.get_strategy(), decay)
 
     def call(self, z: tf.Tensor, training: bool = False) -> tf.Tensor:
         """Generate images in [-1, 1] from z."""
@@ -95,7 +158,7 @@ class DCGAN(keras.Model):
         ctx = tf.distribute.get_replica_context()
         num_replicas = ctx.num_replicas_in_sync if ctx is not None else 1
         replica_id = tf.cast(ctx.replica_id_in_sync_group, tf.int32) if ctx is not None else 0
-        seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(self.step, tf.int64) + 1])
+        seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(self.step_counter.value, tf.int64) + 1])
         z = sample_latent(local_batch * num_replicas, self.latent_dim, seed, self.z_dist)
         return z[replica_id * local_batch:(replica_id + 1) * local_batch]
 
@@ -128,6 +191,10 @@ class DCGAN(keras.Model):
             scaled_g_loss = self.g_optimizer.scale_loss(g_loss)
         g_grads = g_tape.gradient(scaled_g_loss, self.generator.trainable_variables)
         self.g_optimizer.apply_gradients(zip(g_grads, self.generator.trainable_variables))
+        if self.generator_ema is not None:
+            self.update_ema()
+        # Counted here, not by an optimizer: a loss-scale-skipped step is still a step (its data and z were used).
+        self.step_counter.assign_add(1)
 
         # Trackers see this replica's local means; Keras averages them across replicas when read.
         self.d_loss_tracker.update_state(tf.reduce_mean(real_bce) + tf.reduce_mean(fake_bce))
@@ -135,3 +202,11 @@ class DCGAN(keras.Model):
         self.d_real_tracker.update_state(tf.reduce_mean(tf.sigmoid(tf.cast(real_logits, tf.float32))))
         self.d_fake_tracker.update_state(tf.reduce_mean(tf.sigmoid(tf.cast(fake_logits, tf.float32))))
         return {m.name: m.result() for m in self.metrics}
+
+
+def copy_weights(source: keras.Model, target: keras.Model) -> None:
+    """Set target's variables to source's (same architecture), e.g. to start G's EMA at G."""
+    if [tuple(w.shape) for w in source.weights] != [tuple(w.shape) for w in target.weights]:
+        raise ValueError(f"{target.name} and {source.name} have different architectures")
+    for t, s in zip(target.weights, source.weights):
+        t.assign(s)

@@ -105,7 +105,11 @@ def build_gan(config: Config):
     from dcgan_tf.gan import DCGAN  # gan.py does not depend on this module; imported here to keep it so
 
     keras.utils.set_random_seed(config.seed)  # the same seed gives the same initial weights
-    gan = DCGAN(build_generator(config), build_discriminator(config), config.nz, config.z_dist, config.seed)
+    generator, discriminator = build_generator(config), build_discriminator(config)
+    # Built after G and D, so that G and D start from the same weights with or without it (it copies G's).
+    generator_ema = build_generator(config, name="generator_ema") if config.g_ema_decay > 0 else None
+    gan = DCGAN(generator, discriminator, config.nz, config.z_dist, config.seed, generator_ema=generator_ema,
+                ema_decay=config.g_ema_decay, use_ema=config.g_ema)
     gan.compile(
         d_optimizer=_adam(config),
         g_optimizer=_adam(config),

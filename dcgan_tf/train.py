@@ -84,7 +84,8 @@ def make_callbacks(config: Config, gan: DCGAN, manager: tf.train.CheckpointManag
     writer = tf.summary.create_file_writer(log_dir)
     fixed_z = gan.sample_z(config.num_samples, seed=config.seed + 1)
     average_batchnorm_statistics = distribute.make_replica_averager(
-        gan.distribute_strategy, gan.generator.non_trainable_variables + gan.discriminator.non_trainable_variables)
+        gan.distribute_strategy, gan.generator.non_trainable_variables + gan.discriminator.non_trainable_variables
+        + (gan.generator_ema.non_trainable_variables if gan.generator_ema is not None else []))
     callbacks = [
         callbacks_lib.DivergenceGuard(manager),  # first: nothing gets written for a step that diverged
         callbacks_lib.ScalarLogger(writer, config.log_every, config.batch_size),
@@ -170,7 +171,14 @@ def train(config: Config) -> DCGAN:
 
 
 def export_final(gan: DCGAN, config: Config, step: int) -> None:
-    """Export the trained generator as version `step`, unless a re-run finds that version already there."""
+    """Export the trained generator as version `step`, unless a re-run finds that version already there.
+
+    With in-training FID (--fid_every) it exports the best-FID checkpoint (model_dir/best), not the last step.
+    """
+    if config.fid_every:
+        from dcgan_tf.evaluation.callback import load_best
+
+        gan, step = load_best(config, default=(gan, step))
     if step in export.existing_versions(config.export_dir):
         logging.info("%s/%d already exists: not exporting again.", config.export_dir, step)
         return

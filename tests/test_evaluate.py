@@ -289,10 +289,10 @@ def test_callback_keeps_the_best_not_the_last_checkpoint_across_resumes(tiny_con
         values = iter(fids)
         callback.compute_fid = lambda: next(values)
         callback.set_model(gan)
-        gan.g_optimizer.iterations.assign(first_step)
+        gan.step.assign(first_step)
         callback.on_train_begin()
         for batch in range(2 * len(fids)):
-            gan.g_optimizer.iterations.assign(first_step + batch + 1)  # what the train step would do
+            gan.step.assign(first_step + batch + 1)  # what the train step would do
             callback.on_train_batch_end(batch)
         callback.on_train_end()
 
@@ -357,3 +357,26 @@ def test_cli_fid_prints_json(tiny_config, classifier, tmp_path):
     assert printed["step"] == 0 and printed["dataset"] == "synthetic" and printed["num_samples"] == 40
     assert {"generated", "real_vs_real", "untrained"} <= set(printed)
     assert printed["real_vs_real"]["fid"] < printed["untrained"]["fid"]
+
+
+@pytest.mark.slow
+def test_cli_fid_reports_the_ema_generator_and_the_best_step(tiny_config, classifier, tmp_path):
+    from dcgan_tf import train
+
+    config = tiny_config.replace(fid_every=2, fid_samples=16, fid_classifier_path=classifier[0])
+    train.train(config)
+    best = read_best(os.path.join(config.model_dir, "best"))
+    run = subprocess.run(
+        [sys.executable, "-m", "dcgan_tf.evaluate", "fid", f"--model_dir={config.model_dir}",
+         "--extractor=classifier", f"--classifier_path={classifier[0]}", "--num_samples=40", "--kid_subsets=3",
+         "--bn_samples=16", "--baselines="],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    printed = json.loads(run.stdout)
+    assert printed["step"] == 4 and printed["generator"] == "ema"
+    assert printed["best_step"]["step"] == best["step"] and printed["best_step"]["generator"] == "ema"
+    assert printed["best_step"]["in_training_fid"] == pytest.approx(best["fid"])
+    assert np.isfinite(printed["best_step"]["fid"]) and np.isfinite(printed["generated"]["fid"])
+    if best["step"] == 4:  # the same weights and z: the same FID
+        assert printed["best_step"]["fid"] == pytest.approx(printed["generated"]["fid"], rel=1e-6)

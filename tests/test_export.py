@@ -42,7 +42,7 @@ def gan_and_config():
     """An untrained tiny DCGAN whose step counter says STEP."""
     config = tiny_config()
     gan = build_gan(config)
-    gan.g_optimizer.iterations.assign(STEP)
+    gan.step.assign(STEP)
     return gan, config
 
 
@@ -386,7 +386,7 @@ def test_mixed_precision_generators_export_float32_graphs_that_the_tools_run(tmp
 def test_cli_exports_the_latest_checkpoint_of_a_run(tmp_path):
     config = tiny_config(model_dir=str(tmp_path / "run"))
     gan = build_gan(config)
-    gan.g_optimizer.iterations.assign(5)
+    gan.step.assign(5)
     checkpointing.save_config(config)
     checkpointing.make_manager(gan, config.model_dir, 1).save()
     base = tmp_path / "exports"

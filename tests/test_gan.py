@@ -18,11 +18,12 @@ def train_weights(strategy, config, steps=2):
         gan = build_gan(config)
     history = gan.fit(tf.data.Dataset.from_tensors(REAL).repeat(), steps_per_epoch=steps, epochs=1, verbose=0,
                       shuffle=False)
-    weights = [v.numpy() for v in gan.generator.weights + gan.discriminator.weights]
-    return weights, {k: v[-1] for k, v in history.history.items()}
+    weights = [v.numpy() for v in gan.generator.weights + gan.discriminator.weights + gan.generator_ema.weights]
+    return weights + [gan.step.numpy()], {k: v[-1] for k, v in history.history.items()}
 
 
 def test_two_replicas_equal_one_replica_on_the_global_batch():
+    # G, D, G's EMA and the step counter.
     config = Config(image_size=16, channels=1, ngf=8, ndf=8, nz=16, batch_size=8, sync_batchnorm=True,
                     train_steps=2)
     one, logs_one = train_weights(tf.distribute.get_strategy(), config)
@@ -60,7 +61,7 @@ def test_replicas_draw_different_z_and_steps_draw_new_z():
     # One replica with the global batch draws exactly the two halves, in order.
     single = build_gan(config)
     np.testing.assert_array_equal(single._replica_z(tf.constant(8)).numpy(), np.concatenate([z0, z1]))
-    single.g_optimizer.iterations.assign_add(1)
+    single.step.assign_add(1)
     assert not np.allclose(single._replica_z(tf.constant(8)).numpy(), np.concatenate([z0, z1]))
 
 

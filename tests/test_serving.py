@@ -78,7 +78,7 @@ def run(tmp_path_factory) -> Run:
     gan = train(config)
     config = checkpointing.read_run_config(config.model_dir)  # the resolved config the export used
     assert sorted(os.listdir(config.export_dir)) == [str(STEPS)]
-    reference = export.inference_copy(gan.generator, config)
+    reference = export.inference_copy(gan.output_generator, config)  # G's EMA, as exported
     export.reestimate_batchnorm(reference, config, export.DEFAULT_BN_SAMPLES)
     return Run(config, gan, Path(config.export_dir), reference)
 

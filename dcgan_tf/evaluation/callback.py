@@ -21,6 +21,7 @@ from dcgan_tf.evaluation.fid import (Extractor, as_unit_range, fid_from_features
                                      inference_generator)
 from dcgan_tf.evaluation.reports import write_json
 from dcgan_tf.export import DEFAULT_BN_SAMPLES
+from dcgan_tf.gan import DCGAN
 
 BEST_FILE = "best.json"
 BEST_SUBDIR = "best"  # model_dir/best: the best-FID checkpoint as a run directory of its own
@@ -103,7 +104,7 @@ class FIDCallback(callbacks_lib.StepCallback):
             self._real_features = self.extractor(take_images(self._real, self.num_samples))
             self._real = None
         gan = self.model
-        generator = inference_generator(gan.generator, self.config, self.bn_samples)
+        generator = inference_generator(gan.output_generator, self.config, self.bn_samples)
         fake = generate_images(generator, self.num_samples, gan.latent_dim, gan.z_dist, self.z_seed)
         return fid_from_features(self._real_features, self.extractor(fake))
 
@@ -116,7 +117,8 @@ class FIDCallback(callbacks_lib.StepCallback):
             tf.summary.scalar("fid", fid, step=step)
         self._writer.flush()
         is_best = self.best is None or fid < self.best["fid"]
-        logging.info("step %d: FID %.3f on %d samples%s", step, fid, self.num_samples, " (best)" if is_best else "")
+        logging.info("step %d: FID %.3f of the %s generator on %d samples%s", step, fid,
+                     self.model.output_generator_name, self.num_samples, " (best)" if is_best else "")
         if self.best_dir and is_best:
             self._save_best(step, fid)
         return fid
@@ -127,8 +129,27 @@ class FIDCallback(callbacks_lib.StepCallback):
             checkpointing.save_config(self.config.replace(model_dir=self.best_dir))
             self._best_manager = checkpointing.make_manager(self.model, self.best_dir, keep=1)
         path = self._best_manager.save(checkpoint_number=step)
-        self.best = {"step": step, "fid": fid, "num_samples": self.num_samples, "checkpoint": path}
+        self.best = {"step": step, "fid": fid, "num_samples": self.num_samples, "checkpoint": path,
+                     "generator": self.model.output_generator_name}
         write_json(os.path.join(self.best_dir, BEST_FILE), self.best)
+
+
+def best_dir_of(config: Config) -> str:
+    """Where a run's FID callback keeps its best checkpoint."""
+    return os.path.join(config.model_dir, BEST_SUBDIR)
+
+
+def load_best(config: Config, default: tuple[DCGAN, int] | None = None) -> tuple[DCGAN, int] | None:
+    """(DCGAN, step) of the run's best-FID checkpoint (model_dir/best), or `default` when there is none yet."""
+    best_dir = best_dir_of(config)
+    best = read_best(best_dir)
+    if best is None:
+        logging.warning("No best-FID checkpoint in %s: using the last step.", best_dir)
+        return default
+    _, gan = checkpointing.load_run(best_dir, g_ema=config.g_ema)
+    logging.info("Best-FID checkpoint: step %d (FID %.3f of the %s generator), the run's last step is %s.",
+                 best["step"], best["fid"], best.get("generator", "raw"), default[1] if default else "?")
+    return gan, int(gan.step.numpy())
 
 
 def make_fid_callback(config: Config, every_steps: int, num_samples: int, extractor: str = "classifier",
@@ -145,4 +166,4 @@ def make_fid_callback(config: Config, every_steps: int, num_samples: int, extrac
     real = data_lib.load_real_images(config, num_samples, "train")
     return FIDCallback(config, real, features, every_steps, num_samples,
                        log_dir=os.path.join(config.model_dir, "train"),
-                       best_dir=os.path.join(config.model_dir, BEST_SUBDIR))
+                       best_dir=best_dir_of(config))

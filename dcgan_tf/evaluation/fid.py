@@ -151,7 +151,8 @@ def load_exported_generator(export_dir: str) -> tuple[Callable[..., tf.Tensor], 
     def generator(z: tf.Tensor, training: bool = False) -> tf.Tensor:
         return serve(z=tf.convert_to_tensor(z, tf.float32))["images_float"]
 
-    return generator, Config.from_dict(meta["config"])
+    # An export written before G's EMA existed carries no g_ema: it is the raw G.
+    return generator, Config.from_dict({"g_ema": False, **meta["config"]})
 
 
 def as_unit_range(images: np.ndarray) -> np.ndarray:

@@ -89,11 +89,12 @@ def feature_svm_report(config: Config, discriminator: keras.Model, labels_per_cl
 
 def fid_report(config: Config, generator: Callable, extractor: fid_lib.Extractor, num_samples: int = 10_000,
                baselines: Sequence[str] = FID_BASELINES, bn_samples: int = 0, kid_subsets: int = fid_lib.KID_SUBSETS,
-               seed: int = 0, split: str = "train") -> dict:
+               seed: int = 0, split: str = "train", others: dict[str, Callable] | None = None) -> dict:
     """FID/KID of `generator` (z -> [-1, 1] images) vs num_samples real images; optional floor and untrained G.
 
     Baselines: "real" compares num_samples other real images of the same split (the floor a perfect generator
     would reach with this many samples); "untrained" a generator of the same architecture at initialisation.
+    `others`: more generators compared with the same real images and z, reported under their names.
     """
     _check_baselines(baselines, FID_BASELINES)
     start = time.time()
@@ -108,6 +109,8 @@ def fid_report(config: Config, generator: Callable, extractor: fid_lib.Extractor
         return fid_lib.generate_images(g, num_samples, config.nz, config.z_dist, seed)
 
     report = {"num_samples": num_samples, "split": split, "generated": against_reference(generated_by(generator))}
+    for name, other in (others or {}).items():
+        report[name] = against_reference(generated_by(other))
     if "real" in baselines:
         report["real_vs_real"] = against_reference(real[num_samples:])
     if "untrained" in baselines:

@@ -65,14 +65,15 @@ def from_gan(gan: DCGAN, config: Config, batch_size: int = 64, description: str 
              bn_samples: int = 0) -> Generator:
     """A Generator over an in-memory DCGAN, in inference mode.
 
-    With bn_samples > 0 it runs a copy of G whose BatchNorm statistics are re-estimated from that many z,
+    G is the model's output generator (G's EMA unless the run, or load_run's g_ema, says raw G), as exports
+    use. With bn_samples > 0 it runs a copy of G whose BatchNorm statistics are re-estimated from that many z,
     exactly as dcgan_tf.export does, so a run and its export draw the same images.
     """
-    generator = gan.generator
+    generator = gan.output_generator
     if bn_samples > 0:
         from dcgan_tf import export  # the serving export (issue 3) owns the precise-BatchNorm recipe
 
-        generator = export.inference_copy(gan.generator, config)
+        generator = export.inference_copy(generator, config)
         export.reestimate_batchnorm(generator, config, bn_samples)
 
     def generate(z: np.ndarray) -> np.ndarray:
@@ -82,12 +83,16 @@ def from_gan(gan: DCGAN, config: Config, batch_size: int = 64, description: str 
                      (generator, gan.discriminator))
 
 
-def from_model_dir(model_dir: str, batch_size: int = 64, bn_samples: int = 0) -> Generator:
-    """A Generator over the latest checkpoint of the training run in `model_dir` (see from_gan for bn_samples)."""
-    config, gan = checkpointing.load_run(model_dir)
+def from_model_dir(model_dir: str, batch_size: int = 64, bn_samples: int = 0, g_ema: bool | None = None) -> Generator:
+    """A Generator over the latest checkpoint of the training run in `model_dir` (see from_gan for bn_samples).
+
+    `g_ema`: G's EMA (True) or the raw G (False); None = the run's own choice (EMA by default).
+    """
+    config, gan = checkpointing.load_run(model_dir, g_ema=g_ema)
     step = int(gan.step.numpy())
-    logging.info("Loaded run %s at step %d.", model_dir, step)
-    return from_gan(gan, config, batch_size, f"the training run {model_dir} (step {step})", bn_samples)
+    logging.info("Loaded run %s at step %d (%s generator).", model_dir, step, gan.output_generator_name)
+    return from_gan(gan, config, batch_size,
+                    f"the training run {model_dir} (step {step}, {gan.output_generator_name} generator)", bn_samples)
 
 
 def latest_version_dir(export_dir: str) -> str:
