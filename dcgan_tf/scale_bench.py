@@ -51,7 +51,7 @@ def write_folder(folder: str, num_images: int, size: int) -> int:
 def checkpoint_at(config: Config, step: int) -> None:
     """A run directory for `config` whose latest checkpoint is at `step` (fresh weights)."""
     gan = build_gan(config)
-    gan.g_optimizer.iterations.assign(step)
+    gan.step.assign(step)
     checkpointing.save_config(config)
     checkpointing.save_checkpoint(checkpointing.make_manager(gan, config.model_dir, 1), step)
 
