@@ -106,6 +106,7 @@ def test_resume_equals_an_uninterrupted_run_with_ema_and_grids_say_which(tiny_co
     assert {"samples", "samples_ema"} <= tags
 
 
+@pytest.mark.slow  # three tiny runs
 def test_two_replicas_and_the_custom_loop_keep_the_same_ema(tiny_config, tmp_path, monkeypatch):
     # One device with fit() vs two replicas (conftest's logical CPUs) with fit() and with the multi-worker
     # custom loop: with BatchNorm over the global batch all three are the same computation, EMA included.
