@@ -28,6 +28,9 @@ TFDS_DATASETS = (
 Z_DISTRIBUTIONS = ("uniform", "normal")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 
+# Config fields that are not command-line flags (filled in by the program, recorded in config.json).
+NOT_FLAGS = ("resolved",)
+
 # Fields that fix the shape of the networks: resuming with other values cannot work.
 ARCHITECTURE_FIELDS = ("image_size", "channels", "nz", "ngf", "ndf", "z_dist")
 
@@ -64,8 +67,9 @@ class Config:
     seed: int = 0  # seeds z, the synthetic data, the shuffle order and the weight init
 
     # --- Speed --------------------------------------------------------------------------------------------
-    jit_compile: bool = False  # XLA-compile the train step
-    mixed_precision: str = "none"  # "none", "bfloat16" or "float16" (compute dtype; variables stay float32)
+    jit_compile: str = "auto"  # XLA-compile the train step: auto (on only where measured faster: off on CPUs), true, false
+    mixed_precision: str = "auto"  # auto (bfloat16 where the hardware has it, float16 on older GPUs, else float32), none, bfloat16, float16; variables stay float32
+    resolved: dict = dataclasses.field(default_factory=dict)  # not a flag: what train resolved "auto" to, and why
 
     # --- Distribution -------------------------------------------------------------------------------------
     strategy: str = "auto"  # auto = mirrored over all GPUs if more than one, else the default strategy
@@ -85,6 +89,37 @@ class Config:
     inception_weights: str = "imagenet"  # InceptionV3 weights: "imagenet" (downloads) or a local .h5/.weights.h5
     export_dir: str = ""  # if set, export the generator for TF Serving here at the end of training
     verbose: int = 1  # Keras progress bar: 0 silent, 1 bar, 2 one line per epoch
+
+    def __post_init__(self) -> None:
+        # config.json files written before `auto` existed hold jit_compile as a bool.
+        if isinstance(self.jit_compile, bool):
+            self.jit_compile = "true" if self.jit_compile else "false"
+
+    @property
+    def compute_precision(self) -> str:
+        """The precision the networks compute in: the request, or what `auto` resolved to (for this machine)."""
+        if self.mixed_precision != "auto":
+            return self.mixed_precision
+        if "mixed_precision" in self.resolved:
+            return self.resolved["mixed_precision"]
+        from dcgan_tf import fast_path  # imported here: it needs TensorFlow, this module does not
+
+        return fast_path.choose_precision(fast_path.gpu_capabilities(), fast_path.cpu_flags()).value
+
+    @property
+    def use_xla(self) -> bool:
+        """Whether the train step is XLA-compiled: the request, or what `auto` resolved to."""
+        from dcgan_tf import fast_path
+
+        requested = fast_path.normalise_jit(self.jit_compile)
+        if requested != "auto":
+            return requested == "true"
+        if "jit_compile" in self.resolved:
+            return bool(self.resolved["jit_compile"])
+        import tensorflow as tf
+
+        mirrored = fast_path.is_mirrored_over_cpus(tf.distribute.get_strategy())
+        return fast_path.choose_jit(fast_path.gpu_capabilities(), mirrored).value == "true"
 
     def to_dict(self) -> dict[str, Any]:
         """Return the config as a plain dict."""
@@ -141,8 +176,10 @@ def validate(config: Config) -> None:
         (0 <= config.beta1 < 1, f"beta1={config.beta1} must be in [0, 1) (paper: 0.5)"),
         (config.z_dist in Z_DISTRIBUTIONS, f"z_dist={config.z_dist!r} must be one of {Z_DISTRIBUTIONS}"),
         (config.strategy in STRATEGIES, f"strategy={config.strategy!r} must be one of {STRATEGIES}"),
-        (config.mixed_precision in ("none", "bfloat16", "float16"),
-         f"mixed_precision={config.mixed_precision!r} must be none, bfloat16 or float16"),
+        (config.mixed_precision in ("auto", "none", "bfloat16", "float16"),
+         f"mixed_precision={config.mixed_precision!r} must be auto, none, bfloat16 or float16"),
+        (str(config.jit_compile).lower() in ("auto", "true", "false", "1", "0", "yes", "no"),
+         f"jit_compile={config.jit_compile!r} must be auto, true or false"),
         (config.train_steps >= 0 and config.epochs >= 0, "train_steps and epochs must not be negative"),
         (config.train_steps > 0 or config.epochs > 0,
          "set --train_steps=N (or --epochs=N for a finite dataset): the run has no length"),

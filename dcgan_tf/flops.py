@@ -73,7 +73,7 @@ def train_step_flops(generator: keras.Model, discriminator: keras.Model, batch_s
 
 
 def measure_matmul_gflops(size: int = 2048, repeats: int = 5, dtype: tf.DType = tf.float32) -> float:
-    """The machine's own dense float32 matmul rate (GFLOP/s, the median of `repeats` products), a practical peak."""
+    """The machine's own dense matmul rate in `dtype` (GFLOP/s, the median of `repeats` products), a practical peak."""
     a = tf.random.stateless_normal([size, size], seed=[1, 2], dtype=dtype)
     b = tf.random.stateless_normal([size, size], seed=[3, 4], dtype=dtype)
     matmul = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))

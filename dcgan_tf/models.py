@@ -109,7 +109,7 @@ def build_gan(config: Config):
     gan.compile(
         d_optimizer=_adam(config),
         g_optimizer=_adam(config),
-        jit_compile=config.jit_compile,
+        jit_compile=config.use_xla,
     )
     return gan
 
@@ -117,6 +117,6 @@ def build_gan(config: Config):
 def _adam(config: Config) -> keras.optimizers.Optimizer:
     """Adam with the config's settings, wrapped for loss scaling under float16."""
     optimizer = keras.optimizers.Adam(config.learning_rate, beta_1=config.beta1, beta_2=config.beta2)
-    if config.mixed_precision == "float16":
+    if config.compute_precision == "float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
