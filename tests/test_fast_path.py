@@ -138,3 +138,62 @@ def test_train_logs_and_records_the_request_and_the_choice(tmp_path, caplog):
     assert saved["resolved"]["mixed_precision"] == expected.value
     assert saved["resolved"]["mixed_precision_reason"] == expected.reason
     assert f"Precision: {expected.value} (requested auto: {expected.reason})" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The fused BatchNorm computes what Keras's own BatchNormalization computes.
+
+
+@pytest.mark.parametrize("policy,tolerance", [("float32", 1e-5), ("mixed_bfloat16", 2e-2)])
+def test_fused_batchnorm_equals_keras_batchnorm(policy, tolerance):
+    from dcgan_tf.models import FusedBatchNorm
+
+    x = tf.constant(np.random.RandomState(2).normal(1.0, 3.0, (8, 4, 4, 5)).astype("float32"))
+    w = tf.constant(np.random.RandomState(3).normal(size=(8, 4, 4, 5)).astype("float32"))
+    results = []
+    for layer_class in (keras.layers.BatchNormalization, FusedBatchNorm):
+        keras.mixed_precision.set_global_policy(policy)
+        try:
+            layer = layer_class(momentum=0.9, epsilon=1e-5, gamma_initializer=keras.initializers.RandomNormal(1.0, 0.3,
+                                                                                                            seed=4),
+                                beta_initializer=keras.initializers.RandomNormal(0.0, 0.3, seed=5))
+            layer.build(x.shape)
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+            loss = tf.reduce_sum(tf.cast(y, tf.float32) * w)
+        grads = tape.gradient(loss, [x, layer.gamma, layer.beta])
+        inference = layer(x, training=False)  # with the moving statistics just updated
+        results.append([y, *grads, layer.moving_mean, layer.moving_variance, inference])
+    names = ("output", "input gradient", "gamma gradient", "beta gradient", "moving mean", "moving variance",
+             "inference output")
+    for name, keras_value, fused_value in zip(names, *results):
+        a, b = (np.asarray(tf.cast(v, tf.float32)) for v in (keras_value, fused_value))
+        np.testing.assert_allclose(b, a, rtol=tolerance, atol=tolerance * max(1.0, float(np.abs(a).max())),
+                                   err_msg=name)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_matmul_kernel_gradient_equals_tensorflows(transposed):
+    from dcgan_tf import models
+
+    # The largest maps it applies to: G's 4x4 input, D's 8x8 input (4x4 output).
+    size = models.MATMUL_WEIGHT_GRAD_MAX_SIZE * (1 if transposed else 2)
+    out_size = size * 2 if transposed else size // 2
+    rng = np.random.RandomState(6)
+    x = tf.constant(rng.normal(size=(3, size, size, 5)).astype("float32"))
+    w = tf.constant(rng.normal(size=(3, out_size, out_size, 7)).astype("float32"))
+    results = []
+    for layer_class in ((keras.layers.Conv2DTranspose, models.Conv2DTranspose) if transposed else
+                        (keras.layers.Conv2D, models.Conv2D)):
+        layer = layer_class(7, 4, strides=2, padding="same", kernel_initializer=keras.initializers.RandomNormal(seed=7),
+                            bias_initializer=keras.initializers.RandomNormal(seed=8))
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x)
+            loss = tf.reduce_sum(y * w)
+        results.append([y, *tape.gradient(loss, [x, layer.kernel, layer.bias])])
+    for name, a, b in zip(("output", "input gradient", "kernel gradient", "bias gradient"), *results):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-4, atol=1e-4, err_msg=name)
