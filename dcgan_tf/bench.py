@@ -119,6 +119,7 @@ def bench_train(
     warmup_steps: int = 2,
     steps_per_execution: int = 1,
     matmul_gflops: float | None = None,
+    matmul_gflops_per_cpu_s: float | None = None,
 ) -> dict[str, Any]:
     """Training images/s of fit()'s own train function (the step, plus the input pipeline unless random)."""
     config = _resolved(_channels(config))
@@ -155,6 +156,11 @@ def bench_train(
     if matmul_gflops:
         result["matmul_gflop_per_s"] = round(matmul_gflops, 1)
         result["fraction_of_matmul"] = round(result["achieved_gflop_per_s"] / matmul_gflops, 3)
+    # The same comparison per second of CPU time: what holds up while other processes share the machine.
+    result["achieved_gflop_per_cpu_s"] = round(step_flops.per_step / 1e9 / max(result["cpu_s_per_step"], 1e-3), 1)
+    if matmul_gflops_per_cpu_s:
+        result["matmul_gflop_per_cpu_s"] = round(matmul_gflops_per_cpu_s, 1)
+        result["fraction_of_matmul_per_cpu_s"] = round(result["achieved_gflop_per_cpu_s"] / matmul_gflops_per_cpu_s, 3)
     return result
 
 
@@ -329,6 +335,7 @@ def compare(config: Config, torch_python: str | None, torch_reference: str, roun
         raise ValueError(f"--torch_reference={torch_reference!r} does not exist: pass the path of "
                          "torch_dcgan_reference.py")
     rates: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float | None]] = {n: [] for n in names}
     last: dict[str, dict[str, Any]] = {}
     loads = []
     for _ in range(rounds):
@@ -337,12 +344,22 @@ def compare(config: Config, torch_python: str | None, torch_reference: str, roun
             if name in TF_VARIANTS:
                 result = _run_json(_tf_command(config, name, windows, steps_per_window, warmup_steps, matmul))
             else:
-                result = _run_json(_torch_command(config, name, torch_python, torch_reference,
-                                                  windows * steps_per_window))
+                result = _time_torch(config, name, torch_python, torch_reference, windows * steps_per_window)
             rates[name].append(float(result["img_per_s"]))
+            cpu[name].append(result.get("cpu_s_per_step"))
             last[name] = result
             logging.info("%s: %.1f img/s", name, result["img_per_s"])
-    yield from _comparison_lines(config, names, rates, last, loads)
+    yield from _comparison_lines(config, names, rates, last, loads, cpu)
+
+
+def _time_torch(config: Config, name: str, torch_python: str, reference: str, steps: int) -> dict[str, Any]:
+    """The peer's img/s, and its CPU seconds per step: the difference between a run of `steps` timed steps and
+    one of 1, over steps - 1 (the peer reports only wall time, which the machine's other load distorts)."""
+    result = _run_json(_torch_command(config, name, torch_python, reference, steps))
+    if steps > 1:
+        short = _run_json(_torch_command(config, name, torch_python, reference, 1))
+        result["cpu_s_per_step"] = round(max(result["process_cpu_s"] - short["process_cpu_s"], 0.0) / (steps - 1), 3)
+    return result
 
 
 def _precision_of(name: str, result: dict[str, Any]) -> str:
@@ -353,8 +370,11 @@ def _precision_of(name: str, result: dict[str, Any]) -> str:
 
 
 def _comparison_lines(config: Config, names: list[str], rates: dict[str, list[float]],
-                      last: dict[str, dict[str, Any]], loads: list[float]) -> Iterator[dict[str, Any]]:
-    """One JSON line per variant: medians, per-round rates and ratios to the fastest same-precision peer."""
+                      last: dict[str, dict[str, Any]], loads: list[float],
+                      cpu: dict[str, list[float | None]] | None = None) -> Iterator[dict[str, Any]]:
+    """One JSON line per variant: medians, per-round rates and ratios to the fastest same-precision peer, by
+    wall clock and (where both have it) by CPU seconds per step, which other load on the machine distorts less."""
+    cpu = cpu or {}
     precision = {name: _precision_of(name, last[name]) for name in names}
     rounds = len(loads)
     for name in names:
@@ -369,10 +389,18 @@ def _comparison_lines(config: Config, names: list[str], rates: dict[str, list[fl
             line["fastest_torch_same_precision"] = max(peers, key=lambda p: statistics.median(rates[p]))
             line["round_ratio_to_fastest_torch"] = [round(x, 2) for x in ratios]
             line["ratio_to_fastest_torch"] = round(statistics.median(ratios), 2)
+        own_cpu = [c for c in cpu.get(name, []) if c]
+        if own_cpu:
+            line["cpu_s_per_step"] = round(statistics.median(own_cpu), 3)
+        peer_cpus = [statistics.median(cs) for p in peers if (cs := [c for c in cpu.get(p, []) if c])]
+        if own_cpu and peer_cpus and name in TF_VARIANTS:
+            line["best_torch_cpu_s_per_step"] = round(min(peer_cpus), 3)
+            line["cpu_ratio_to_best_torch"] = round(min(peer_cpus) / line["cpu_s_per_step"], 2)
         for key in ("xla", "cpu_s_per_step", "achieved_gflop_per_s", "matmul_gflop_per_s", "fraction_of_matmul",
+                    "achieved_gflop_per_cpu_s", "matmul_gflop_per_cpu_s", "fraction_of_matmul_per_cpu_s",
                     "process_cpu_s", "threads"):
             if key in last[name]:
-                line[key] = last[name][key]
+                line.setdefault(key, last[name][key])
         line["machine"] = machine()
         yield line
 
@@ -436,12 +464,12 @@ def run_command(command: str, config: Config) -> Iterator[dict[str, Any]]:
                            windows=FLAGS.windows, steps_per_window=FLAGS.steps_per_window,
                            warmup_steps=FLAGS.warmup_steps, matmul=FLAGS.matmul)
         return
-    matmul = None
+    matmul = matmul_cpu = None
     if FLAGS.matmul and command in ("train", "flops"):
-        matmul = flops_lib.measure_matmul_gflops(dtype=matmul_dtype(_resolved(config)))
+        matmul, matmul_cpu = flops_lib.measure_matmul(dtype=matmul_dtype(_resolved(config)))
     if command == "train":
         yield bench_train(config, FLAGS.windows, FLAGS.steps_per_window, FLAGS.warmup_steps,
-                          FLAGS.steps_per_execution, matmul)
+                          FLAGS.steps_per_execution, matmul, matmul_cpu)
     elif command == "input":
         yield bench_input(config, FLAGS.windows, FLAGS.steps_per_window * 20)
     elif command == "sample":
