@@ -67,8 +67,9 @@ class Config:
     seed: int = 0  # seeds z, the synthetic data, the shuffle order and the weight init
 
     # --- Speed --------------------------------------------------------------------------------------------
-    jit_compile: str = "auto"  # XLA-compile the train step: auto (on only where measured faster: off on CPUs), true, false
-    mixed_precision: str = "auto"  # auto (bfloat16 where the hardware has it, float16 on older GPUs, else float32), none, bfloat16, float16; variables stay float32
+    # Speed settings: "auto" is resolved per machine by dcgan_tf/fast_path.py and recorded in config.json.
+    jit_compile: str = "auto"  # XLA: auto (on only where measured faster; off on CPUs), true or false
+    mixed_precision: str = "auto"  # auto (bfloat16/float16/float32 by hardware), none (float32), bfloat16, float16
     resolved: dict = dataclasses.field(default_factory=dict)  # not a flag: what train resolved "auto" to, and why
 
     # --- Distribution -------------------------------------------------------------------------------------
