@@ -5,11 +5,17 @@
     python -m dcgan_tf.bench input --dataset=folder:/path/to/pngs --image_size=64 --batch_size=64
     python -m dcgan_tf.bench sample --image_size=64 --ngf=64 [--model_dir=runs/x] [--grpc] [--clients=8]
     python -m dcgan_tf.bench flops --image_size=64 --ngf=64 --ndf=64 --batch_size=64
+    python -m dcgan_tf.bench compare --image_size=64 --ngf=64 --ndf=64 --batch_size=64 \
+        --torch_python=/tmp/torchenv/bin/python [--torch_reference=../shared/peers/torch_dcgan_reference.py]
 
 Every rate is the median of several timed windows after warm-up (tracing, XLA compilation and thread-pool
 start excluded). `train` also reports CPU seconds per step (this process's user+system time), which stays
 meaningful when other processes share the machine, and the achieved GFLOP/s against the machine's own
-measured matmul rate (see dcgan_tf/flops.py for what is counted).
+measured matmul rate in the precision the step computes in (see dcgan_tf/flops.py for what is counted).
+`compare` runs every variant (dcgan_tf's default path, float32, bfloat16, XLA; the PyTorch peer eager,
+channels_last, bf16 autocast, channels_last + bf16 when --torch_python is given) in its own process, round
+after round in turn, and prints one line per variant with its median rate and its ratio to the fastest PyTorch
+variant of the same precision: the side-by-side table of docs/performance.md.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from typing import Any, Callable, Iterator
@@ -39,7 +47,7 @@ from dcgan_tf.config import Config, validate
 from dcgan_tf.models import build_discriminator, build_gan, build_generator
 
 RANDOM = "random"  # --dataset value: one fixed random batch, so only the train step is measured
-COMMANDS = ("train", "input", "sample", "flops")
+COMMANDS = ("train", "input", "sample", "flops", "compare")
 _REPO_BATCHING_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "serving",
                                    "batching_parameters.txt")
 
@@ -71,6 +79,18 @@ def timed_windows(run: Callable[[], Any], windows: int, warmup: int = 1) -> tupl
         walls.append(time.perf_counter() - wall)
         cpus.append(time.process_time() - cpu)
     return walls, cpus
+
+
+def _resolved(config: Config) -> Config:
+    """The config with `auto` precision/XLA resolved for this machine, as train.py does for a new run."""
+    from dcgan_tf import fast_path
+
+    return config if config.resolved else fast_path.resolve(config)
+
+
+def matmul_dtype(config: Config) -> tf.DType:
+    """The dtype whose matmul rate the step's FLOP rate is compared with (its compute precision)."""
+    return {"none": tf.float32, "bfloat16": tf.bfloat16, "float16": tf.float16}[config.compute_precision]
 
 
 def _with_precision(config: Config, build: Callable[[], Any]) -> Any:
@@ -107,9 +127,10 @@ def bench_train(
     warmup_steps: int = 2,
     steps_per_execution: int = 1,
     matmul_gflops: float | None = None,
+    matmul_gflops_per_cpu_s: float | None = None,
 ) -> dict[str, Any]:
     """Training images/s of fit()'s own train function (the step, plus the input pipeline unless random)."""
-    config = _channels(config)
+    config = _resolved(_channels(config))
     gan = _with_precision(config, lambda: build_gan(config))
     if steps_per_execution > 1:
         # Keras reads it when it builds the train function: that many steps per call, in one tf.function.
@@ -143,6 +164,11 @@ def bench_train(
     if matmul_gflops:
         result["matmul_gflop_per_s"] = round(matmul_gflops, 1)
         result["fraction_of_matmul"] = round(result["achieved_gflop_per_s"] / matmul_gflops, 3)
+    # The same comparison per second of CPU time: what holds up while other processes share the machine.
+    result["achieved_gflop_per_cpu_s"] = round(step_flops.per_step / 1e9 / max(result["cpu_s_per_step"], 1e-3), 1)
+    if matmul_gflops_per_cpu_s:
+        result["matmul_gflop_per_cpu_s"] = round(matmul_gflops_per_cpu_s, 1)
+        result["fraction_of_matmul_per_cpu_s"] = round(result["achieved_gflop_per_cpu_s"] / matmul_gflops_per_cpu_s, 3)
     return result
 
 
@@ -335,10 +361,146 @@ def bench_flops(config: Config, matmul_gflops: float | None = None) -> dict[str,
     return result
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Side by side: dcgan_tf's variants and the PyTorch peer's, interleaved.
+
+# name -> (mixed_precision, jit_compile) for dcgan_tf, or (channels_last, bf16) for the PyTorch peer.
+TF_VARIANTS = {"dcgan_tf_default": ("auto", "auto"), "dcgan_tf_float32": ("none", "false"),
+               "dcgan_tf_bfloat16": ("bfloat16", "false"), "dcgan_tf_xla_float32": ("none", "true"),
+               "dcgan_tf_xla_bfloat16": ("bfloat16", "true")}
+TORCH_VARIANTS = {"torch_eager": (False, False), "torch_channels_last": (True, False),
+                  "torch_bf16": (False, True), "torch_channels_last_bf16": (True, True)}
+VARIANTS = (*TF_VARIANTS, *TORCH_VARIANTS)
+
+
+def _tf_command(config: Config, variant: str, windows: int, steps_per_window: int, warmup_steps: int,
+                matmul: bool) -> list[str]:
+    """The `bench train` command line of one dcgan_tf variant."""
+    precision, jit = TF_VARIANTS[variant]
+    return [sys.executable, "-m", "dcgan_tf.bench", "train", f"--image_size={config.image_size}",
+            f"--channels={config.channels or 3}", f"--ngf={config.ngf}", f"--ndf={config.ndf}", f"--nz={config.nz}",
+            f"--batch_size={config.batch_size}", f"--mixed_precision={precision}", f"--jit_compile={jit}",
+            f"--windows={windows}", f"--steps_per_window={steps_per_window}", f"--warmup_steps={warmup_steps}",
+            f"--matmul={str(matmul).lower()}"]
+
+
+def _torch_command(config: Config, variant: str, torch_python: str, reference: str, steps: int) -> list[str]:
+    """The PyTorch peer's command line for one variant (the peer has ndf = ngf)."""
+    channels_last, bf16 = TORCH_VARIANTS[variant]
+    return [torch_python, reference, "--ngf", str(config.ngf), "--batch", str(config.batch_size), "--res",
+            str(config.image_size), "--channels", str(config.channels or 3), "--steps", str(steps),
+            *(["--channels_last"] if channels_last else []), *(["--bf16"] if bf16 else [])]
+
+
+def _run_json(command: list[str]) -> dict[str, Any]:
+    """Run a benchmark command; its last JSON line, with the CPU seconds the process used (import included)."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+    before = os.times()
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    after = os.times()
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode or not lines:
+        raise RuntimeError(f"{' '.join(command)} failed (exit {done.returncode}): {done.stderr[-2000:]}")
+    result = json.loads(lines[-1])
+    result["process_cpu_s"] = round((after.children_user - before.children_user)
+                                    + (after.children_system - before.children_system), 1)
+    return result
+
+
+def compare(config: Config, torch_python: str | None, torch_reference: str, rounds: int = 2,
+            variants: list[str] | None = None, windows: int = 3, steps_per_window: int = 2, warmup_steps: int = 2,
+            matmul: bool = True) -> Iterator[dict[str, Any]]:
+    """Every variant, `rounds` times in turn, each in its own process; one line per variant with the medians.
+
+    Each line gives the variant's median img/s, its per-round rates and the 1-minute load at each round's
+    start, and its ratio to the fastest PyTorch variant of the same precision (bfloat16 with bfloat16,
+    float32 with float32) in each round and as the median of those per-round ratios.
+    """
+    names = list(variants or VARIANTS)
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
+    if torch_python is None:
+        names = [n for n in names if n in TF_VARIANTS]
+    elif not os.path.exists(torch_reference):
+        raise ValueError(f"--torch_reference={torch_reference!r} does not exist: pass the path of "
+                         "torch_dcgan_reference.py")
+    rates: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float | None]] = {n: [] for n in names}
+    last: dict[str, dict[str, Any]] = {}
+    loads = []
+    for _ in range(rounds):
+        loads.append(round(os.getloadavg()[0], 2))
+        for name in names:
+            if name in TF_VARIANTS:
+                result = _run_json(_tf_command(config, name, windows, steps_per_window, warmup_steps, matmul))
+            else:
+                result = _time_torch(config, name, torch_python, torch_reference, windows * steps_per_window)
+            rates[name].append(float(result["img_per_s"]))
+            cpu[name].append(result.get("cpu_s_per_step"))
+            last[name] = result
+            logging.info("%s: %.1f img/s", name, result["img_per_s"])
+    yield from _comparison_lines(config, names, rates, last, loads, cpu)
+
+
+def _time_torch(config: Config, name: str, torch_python: str, reference: str, steps: int) -> dict[str, Any]:
+    """The peer's img/s, and its CPU seconds per step: the difference between a run of `steps` timed steps and
+    one of 1, over steps - 1 (the peer reports only wall time, which the machine's other load distorts)."""
+    result = _run_json(_torch_command(config, name, torch_python, reference, steps))
+    if steps > 1:
+        short = _run_json(_torch_command(config, name, torch_python, reference, 1))
+        result["cpu_s_per_step"] = round(max(result["process_cpu_s"] - short["process_cpu_s"], 0.0) / (steps - 1), 3)
+    return result
+
+
+def _precision_of(name: str, result: dict[str, Any]) -> str:
+    """'bfloat16' or 'float32': what a variant computes in."""
+    if name in TORCH_VARIANTS:
+        return "bfloat16" if TORCH_VARIANTS[name][1] else "float32"
+    return "float32" if result.get("precision") == "none" else result.get("precision", "float32")
+
+
+def _comparison_lines(config: Config, names: list[str], rates: dict[str, list[float]],
+                      last: dict[str, dict[str, Any]], loads: list[float],
+                      cpu: dict[str, list[float | None]] | None = None) -> Iterator[dict[str, Any]]:
+    """One JSON line per variant: medians, per-round rates and ratios to the fastest same-precision peer, by
+    wall clock and (where both have it) by CPU seconds per step, which other load on the machine distorts less."""
+    cpu = cpu or {}
+    precision = {name: _precision_of(name, last[name]) for name in names}
+    rounds = len(loads)
+    for name in names:
+        peers = [n for n in names if n in TORCH_VARIANTS and precision[n] == precision[name]]
+        line = {"bench": "compare", "variant": name, "precision": precision[name],
+                "image_size": config.image_size, "ngf": config.ngf, "ndf": config.ndf,
+                "batch_size": config.batch_size, "img_per_s": round(statistics.median(rates[name]), 2),
+                "round_img_per_s": rates[name], "round_load_1min": loads}
+        if peers:
+            best = [max(rates[p][r] for p in peers) for r in range(rounds)]
+            ratios = [rates[name][r] / best[r] for r in range(rounds)]
+            line["fastest_torch_same_precision"] = max(peers, key=lambda p: statistics.median(rates[p]))
+            line["round_ratio_to_fastest_torch"] = [round(x, 2) for x in ratios]
+            line["ratio_to_fastest_torch"] = round(statistics.median(ratios), 2)
+        own_cpu = [c for c in cpu.get(name, []) if c]
+        if own_cpu:
+            line["cpu_s_per_step"] = round(statistics.median(own_cpu), 3)
+        peer_cpus = [statistics.median(cs) for p in peers if (cs := [c for c in cpu.get(p, []) if c])]
+        if own_cpu and peer_cpus and name in TF_VARIANTS:
+            line["best_torch_cpu_s_per_step"] = round(min(peer_cpus), 3)
+            line["cpu_ratio_to_best_torch"] = round(min(peer_cpus) / line["cpu_s_per_step"], 2)
+        for key in ("xla", "cpu_s_per_step", "achieved_gflop_per_s", "matmul_gflop_per_s", "fraction_of_matmul",
+                    "achieved_gflop_per_cpu_s", "matmul_gflop_per_cpu_s", "fraction_of_matmul_per_cpu_s",
+                    "process_cpu_s", "threads"):
+            if key in last[name]:
+                line.setdefault(key, last[name][key])
+        line["machine"] = machine()
+        yield line
+
+
 def _settings(config: Config) -> dict[str, Any]:
     """The settings that define a measurement, for its JSON line."""
     keys = ("dataset", "image_size", "channels", "ngf", "ndf", "nz", "batch_size", "jit_compile", "mixed_precision")
-    return {**{k: getattr(config, k) for k in keys}, "machine": machine()}
+    resolved = {"precision": config.compute_precision, "xla": config.use_xla}  # what `auto` became here
+    return {**{k: getattr(config, k) for k in keys}, **resolved, "machine": machine()}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -358,13 +520,19 @@ def define_flags() -> None:
     flags.DEFINE_integer("ndf", defaults.ndf, "Discriminator width.")
     flags.DEFINE_integer("nz", defaults.nz, "Latent size.")
     flags.DEFINE_integer("batch_size", defaults.batch_size, "Global batch size.")
-    flags.DEFINE_boolean("jit_compile", defaults.jit_compile, "XLA-compile the train step.")
-    flags.DEFINE_enum("mixed_precision", "none", ["none", "bfloat16", "float16"], "Compute dtype.")
+    flags.DEFINE_enum("jit_compile", defaults.jit_compile, ["auto", "true", "false"], "XLA-compile the train step.")
+    flags.DEFINE_enum("mixed_precision", defaults.mixed_precision, ["auto", "none", "bfloat16", "float16"],
+                      "Compute dtype (auto = what training picks on this machine).")
     flags.DEFINE_integer("steps_per_execution", 1, "Train steps per call of the train function.")
     flags.DEFINE_integer("windows", 5, "Timed windows (the median is reported).")
     flags.DEFINE_integer("steps_per_window", 3, "Train steps (or 20x input batches) per timed window.")
     flags.DEFINE_integer("warmup_steps", 2, "Untimed steps first (tracing, XLA compilation).")
-    flags.DEFINE_boolean("matmul", True, "Also measure the machine's float32 matmul rate (a few seconds).")
+    flags.DEFINE_boolean("matmul", True, "Also measure the machine's matmul rate in the step's precision (seconds).")
+    flags.DEFINE_string("torch_python", None, "compare: a Python with PyTorch, to time the PyTorch peer too.")
+    flags.DEFINE_string("torch_reference", "../shared/peers/torch_dcgan_reference.py",
+                        "compare: the PyTorch peer script.")
+    flags.DEFINE_integer("rounds", 2, "compare: rounds over all variants (interleaved); medians are reported.")
+    flags.DEFINE_list("variants", None, f"compare: a subset of {','.join(VARIANTS)} (default: all).")
     flags.DEFINE_string("model_dir", None, "sample: a training run whose generator to time (default: fresh init).")
     flags.DEFINE_boolean("grpc", True, "sample: also time Predict over gRPC through serving/local_server.py.")
     flags.DEFINE_integer("repeats", 50, "sample: batch-1 calls for the latency percentiles.")
@@ -389,10 +557,17 @@ def config_from_flags() -> Config:
 
 def run_command(command: str, config: Config) -> Iterator[dict[str, Any]]:
     """The measurements of one CLI command."""
-    matmul = flops_lib.measure_matmul_gflops() if FLAGS.matmul and command in ("train", "flops") else None
+    if command == "compare":
+        yield from compare(config, FLAGS.torch_python, FLAGS.torch_reference, FLAGS.rounds, FLAGS.variants,
+                           windows=FLAGS.windows, steps_per_window=FLAGS.steps_per_window,
+                           warmup_steps=FLAGS.warmup_steps, matmul=FLAGS.matmul)
+        return
+    matmul = matmul_cpu = None
+    if FLAGS.matmul and command in ("train", "flops"):
+        matmul, matmul_cpu = flops_lib.measure_matmul(dtype=matmul_dtype(_resolved(config)))
     if command == "train":
         yield bench_train(config, FLAGS.windows, FLAGS.steps_per_window, FLAGS.warmup_steps,
-                          FLAGS.steps_per_execution, matmul)
+                          FLAGS.steps_per_execution, matmul, matmul_cpu)
     elif command == "input":
         yield bench_input(config, FLAGS.windows, FLAGS.steps_per_window * 20)
     elif command == "sample":

@@ -28,6 +28,9 @@ TFDS_DATASETS = (
 Z_DISTRIBUTIONS = ("uniform", "normal")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 
+# Config fields that are not command-line flags (filled in by the program, recorded in config.json).
+NOT_FLAGS = ("resolved",)
+
 # Fields that fix the shape of the networks: resuming with other values cannot work.
 ARCHITECTURE_FIELDS = ("image_size", "channels", "nz", "ngf", "ndf", "z_dist")
 
@@ -67,8 +70,10 @@ class Config:
     g_ema_decay: float = 0.999  # decay of G's weight EMA, warmed up as min(decay, (1+t)/(10+t)); 0 = no EMA kept
 
     # --- Speed --------------------------------------------------------------------------------------------
-    jit_compile: bool = False  # XLA-compile the train step
-    mixed_precision: str = "none"  # "none", "bfloat16" or "float16" (compute dtype; variables stay float32)
+    # Speed settings: "auto" is resolved per machine by dcgan_tf/fast_path.py and recorded in config.json.
+    jit_compile: str = "auto"  # XLA: auto (on only where measured faster; off on CPUs), true or false
+    mixed_precision: str = "auto"  # auto (bfloat16/float16/float32 by hardware), none (float32), bfloat16, float16
+    resolved: dict = dataclasses.field(default_factory=dict)  # not a flag: what train resolved "auto" to, and why
 
     # --- Distribution -------------------------------------------------------------------------------------
     strategy: str = "auto"  # auto = mirrored over all GPUs if more than one, else the default strategy
@@ -89,6 +94,37 @@ class Config:
     export_dir: str = ""  # if set, export the generator for TF Serving here at the end of training
     verbose: int = 1  # 1: progress bar on a terminal, else a log line every log_every steps; 2: log lines; 0: none
     profile_steps: str = ""  # "START,END": capture a TensorBoard profile of global steps START..END, e.g. "20,25"
+
+    def __post_init__(self) -> None:
+        # config.json files written before `auto` existed hold jit_compile as a bool.
+        if isinstance(self.jit_compile, bool):
+            self.jit_compile = "true" if self.jit_compile else "false"
+
+    @property
+    def compute_precision(self) -> str:
+        """The precision the networks compute in: the request, or what `auto` resolved to (for this machine)."""
+        if self.mixed_precision != "auto":
+            return self.mixed_precision
+        if "mixed_precision" in self.resolved:
+            return self.resolved["mixed_precision"]
+        from dcgan_tf import fast_path  # imported here: it needs TensorFlow, this module does not
+
+        return fast_path.choose_precision(fast_path.gpu_capabilities(), fast_path.cpu_flags()).value
+
+    @property
+    def use_xla(self) -> bool:
+        """Whether the train step is XLA-compiled: the request, or what `auto` resolved to."""
+        from dcgan_tf import fast_path
+
+        requested = fast_path.normalise_jit(self.jit_compile)
+        if requested != "auto":
+            return requested == "true"
+        if "jit_compile" in self.resolved:
+            return bool(self.resolved["jit_compile"])
+        import tensorflow as tf
+
+        mirrored = fast_path.is_mirrored_over_cpus(tf.distribute.get_strategy())
+        return fast_path.choose_jit(fast_path.gpu_capabilities(), mirrored).value == "true"
 
     def to_dict(self) -> dict[str, Any]:
         """Return the config as a plain dict."""
@@ -145,8 +181,10 @@ def validate(config: Config) -> None:
         (0 <= config.beta1 < 1, f"beta1={config.beta1} must be in [0, 1) (paper: 0.5)"),
         (config.z_dist in Z_DISTRIBUTIONS, f"z_dist={config.z_dist!r} must be one of {Z_DISTRIBUTIONS}"),
         (config.strategy in STRATEGIES, f"strategy={config.strategy!r} must be one of {STRATEGIES}"),
-        (config.mixed_precision in ("none", "bfloat16", "float16"),
-         f"mixed_precision={config.mixed_precision!r} must be none, bfloat16 or float16"),
+        (config.mixed_precision in ("auto", "none", "bfloat16", "float16"),
+         f"mixed_precision={config.mixed_precision!r} must be auto, none, bfloat16 or float16"),
+        (str(config.jit_compile).lower() in ("auto", "true", "false", "1", "0", "yes", "no"),
+         f"jit_compile={config.jit_compile!r} must be auto, true or false"),
         (0 <= config.g_ema_decay < 1, f"g_ema_decay={config.g_ema_decay} must be in [0, 1) (0 keeps no EMA)"),
         (not config.g_ema or config.g_ema_decay > 0,
          "--g_ema needs an EMA to use: set --g_ema_decay in (0, 1) (e.g. 0.999), or --g_ema=false for the raw G"),

@@ -72,15 +72,24 @@ def train_step_flops(generator: keras.Model, discriminator: keras.Model, batch_s
     return StepFlops(g_forward=g, d_forward=d, per_example=d_update + g_update, batch_size=batch_size)
 
 
-def measure_matmul_gflops(size: int = 2048, repeats: int = 5, dtype: tf.DType = tf.float32) -> float:
-    """The machine's own dense float32 matmul rate (GFLOP/s, the median of `repeats` products), a practical peak."""
+def measure_matmul(size: int = 2048, repeats: int = 5, dtype: tf.DType = tf.float32) -> tuple[float, float]:
+    """The machine's own dense matmul rate in `dtype`, a practical peak: (GFLOP per second of wall time, GFLOP per
+    second of this process's CPU time), each the median of `repeats` products. The second is less distorted
+    when other processes share the machine; with N idle cores it is about the first divided by N."""
     a = tf.random.stateless_normal([size, size], seed=[1, 2], dtype=dtype)
     b = tf.random.stateless_normal([size, size], seed=[3, 4], dtype=dtype)
-    matmul = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
+    matmul = tf.function(lambda: tf.reduce_sum(tf.cast(tf.matmul(a, b), tf.float32)))
     matmul().numpy()  # trace + warm the thread pool
-    times = []
+    walls, cpus = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         matmul().numpy()  # the sum makes the copy to host tiny; .numpy() waits for the result
-        times.append(time.perf_counter() - start)
-    return 2 * size**3 / float(np.median(times)) / 1e9
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    flop = 2 * size**3 / 1e9
+    return flop / float(np.median(walls)), flop / max(float(np.median(cpus)), 1e-9)
+
+
+def measure_matmul_gflops(size: int = 2048, repeats: int = 5, dtype: tf.DType = tf.float32) -> float:
+    """The machine's own dense matmul rate in `dtype` (GFLOP/s of wall time), a practical peak."""
+    return measure_matmul(size, repeats, dtype)[0]

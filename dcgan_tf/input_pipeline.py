@@ -34,7 +34,15 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"GIF87a", b"GIF89a")
 # Cache decoded, resized images in memory when they take less than this.
 CACHE_LIMIT_BYTES = 2 * 1024**3
-SYNTHETIC_SHAPES = ("circle", "square", "diamond")
+# The built-in synthetic set: each shape in its own saturated colour (RGB 0-255) on one dark background. Few,
+# well-separated modes with crisp edges, so that a small DCGAN learns them in minutes on a CPU (the quickstart).
+# Every shape colour is brighter (luma > 140) and the background darker (luma < 40) than middle grey, so the shape
+# is exactly where the luma is above it (experiments/ablation.synthetic_masks relies on that).
+SYNTHETIC_SHAPES = ("circle", "square", "triangle")
+SYNTHETIC_COLOURS = ((255, 100, 70), (70, 210, 90), (80, 160, 255))  # orange-red circle, green square, blue triangle
+SYNTHETIC_BACKGROUND = (24, 26, 38)
+SYNTHETIC_RADIUS = (0.22, 0.30)  # shape size range, a fraction of the image side
+SYNTHETIC_CENTRE = (0.40, 0.60)  # centre range: every shape lies wholly inside the image (extent <= 0.4 side)
 # Second word of the seed of the data order, apart from the seeds of z and the synthetic images.
 _ORDER_STREAM = 0x0DE7
 # Where TFDS downloads a dataset whose builder lists no URLs (its prepared copies on Google Cloud Storage).
@@ -104,24 +112,33 @@ def fit_small_image(image: tf.Tensor, size: int, native: int) -> tf.Tensor:
 
 
 def render_synthetic(seed: int, index: tf.Tensor, size: int, channels: int = 3) -> dict[str, tf.Tensor]:
-    """Example `index` of the synthetic set: {"image": uint8 [S,S,C], "mask": bool [S,S], "label": int32}."""
+    """Example `index` of the synthetic set: {"image": uint8 [S,S,C], "mask": bool [S,S], "label": int32}.
+
+    One shape (SYNTHETIC_SHAPES[label]) in its colour on the plain background, at a random position and size.
+    """
     key = tf.stack([tf.cast(seed, tf.int64), tf.cast(index, tf.int64)])
 
     def draw(shape, i, lo=0.0, hi=1.0):
         return tf.random.stateless_uniform(shape, seed=key + [0, i * 2**40], minval=lo, maxval=hi)
 
-    background = draw([3], 1, 0.0, 0.45)  # dark backgrounds,
-    colour = draw([3], 2, 0.55, 1.0)  # bright shapes: always visible
-    cy, cx = tf.unstack(draw([2], 3, 0.3, 0.7) * size)
-    radius = draw([], 4, 0.15, 0.3) * size
+    cy, cx = tf.unstack(draw([2], 3, *SYNTHETIC_CENTRE) * size)
+    radius = draw([], 4, *SYNTHETIC_RADIUS) * size
     label = tf.random.stateless_uniform([], seed=key + [0, 5 * 2**40], maxval=len(SYNTHETIC_SHAPES), dtype=tf.int32)
     ys, xs = tf.meshgrid(tf.range(size, dtype=tf.float32) + 0.5, tf.range(size, dtype=tf.float32) + 0.5,
                          indexing="ij")
-    dy, dx = tf.abs(ys - cy), tf.abs(xs - cx)
-    masks = tf.stack([dy**2 + dx**2 <= radius**2, tf.maximum(dy, dx) <= radius * 0.85, dy + dx <= radius * 1.2])
+    dy, dx = ys - cy, xs - cx
+    # About equal visual weight: a circle of radius r, a square of half-side 1.05r, an upright equilateral
+    # triangle of circumradius R = 1.45r centred on its bounding box (y grows downwards:
+    # apex at -0.75R, base at +0.75R, sloped sides sqrt(3)|dx| - (dy - R/4) = R). Extent at most 1.26r.
+    half_side = 1.05 * radius
+    tri = 1.45 * radius
+    ty = dy - tri / 4
+    masks = tf.stack([dy**2 + dx**2 <= radius**2,
+                      tf.maximum(tf.abs(dy), tf.abs(dx)) <= half_side,
+                      (tf.abs(dx) * 3**0.5 - ty <= tri) & (ty <= tri / 2)])
     mask = tf.gather(masks, label)
-    pixels = tf.where(mask[..., None], colour, background)
-    image = tf.cast(tf.round(pixels * 255.0), tf.uint8)
+    colour = tf.gather(tf.constant(SYNTHETIC_COLOURS, tf.uint8), label)
+    image = tf.where(mask[..., None], colour, tf.constant(SYNTHETIC_BACKGROUND, tf.uint8))
     if channels == 1:
         image = tf.image.rgb_to_grayscale(image)
     return {"image": image, "mask": mask, "label": label}

@@ -24,7 +24,7 @@ from absl import app, flags, logging
 from dcgan_tf import callbacks as callbacks_lib
 from dcgan_tf import checkpointing, custom_loop, distribute, input_pipeline
 from dcgan_tf import config as config_lib
-from dcgan_tf import export
+from dcgan_tf import export, fast_path
 from dcgan_tf.config import Config, ConfigError
 from dcgan_tf.evaluation.fid import EvaluationError
 from dcgan_tf.gan import DCGAN
@@ -54,8 +54,10 @@ def ensure_writable(model_dir: str) -> None:
                           "write to") from None
 
 
-def prepare(config: Config, writes_outputs: bool = True) -> tuple[Config, input_pipeline.Source, int]:
-    """Validate, open the data, resolve channels and the run's length; refuse to resume another network.
+def prepare(config: Config, writes_outputs: bool = True, strategy: tf.distribute.Strategy | None = None
+            ) -> tuple[Config, input_pipeline.Source, int]:
+    """Validate, open the data, resolve channels, precision, XLA and the run's length; refuse to resume another
+    network.
 
     `writes_outputs=False` (a non-chief worker, which writes to a temporary folder) skips the model_dir probe.
     """
@@ -68,6 +70,7 @@ def prepare(config: Config, writes_outputs: bool = True) -> tuple[Config, input_
     saved = checkpointing.read_run_config(config.model_dir)
     if saved is not None:
         config_lib.check_compatible(saved, config)
+    config = fast_path.resolve(config, strategy, saved)  # `auto` precision/XLA; a resumed run keeps its own
     return config, source, end_step
 
 
@@ -112,15 +115,12 @@ def make_callbacks(config: Config, gan: DCGAN, manager: tf.train.CheckpointManag
 
 def set_precision(config: Config) -> None:
     """Keras's global dtype policy for the networks built next (variables stay float32)."""
-    policy = {"none": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}[config.mixed_precision]
+    policy = {"none": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}[config.compute_precision]
     keras.mixed_precision.set_global_policy(policy)
 
 
 def build_in_scope(config: Config, strategy: tf.distribute.Strategy) -> DCGAN:
     """The DCGAN built under `strategy` with the config's precision policy (reset afterwards)."""
-    # BatchNorm synchronised across replicas only where there are several: one replica already normalises
-    # over the whole batch, without the cross-replica reduction.
-    config = config.replace(sync_batchnorm=config.sync_batchnorm and strategy.num_replicas_in_sync > 1)
     set_precision(config)
     try:
         with strategy.scope():
@@ -142,7 +142,7 @@ def train(config: Config) -> DCGAN:
     distribute.check_batch_split(config, strategy)  # settings the strategy rules out: before opening the data
     distribute.check_jit_compile(config, strategy)
     chief = distribute.is_chief(strategy)
-    config, source, end = prepare(config, writes_outputs=chief)
+    config, source, end = prepare(config, writes_outputs=chief, strategy=strategy)
     gan = build_in_scope(config, strategy)
     run_manager = checkpointing.make_manager(gan, config.model_dir, config.keep_checkpoints)
     start = restore(config, gan, run_manager, chief)
@@ -228,6 +228,8 @@ def define_flags() -> None:
     """Define one absl flag per Config field, with the field's default."""
     helps = field_help()
     for field in dataclasses.fields(Config):
+        if field.name in config_lib.NOT_FLAGS:
+            continue
         default, text = field.default, helps.get(field.name, field.name)
         if isinstance(default, bool):
             flags.DEFINE_bool(field.name, default, text)
@@ -241,7 +243,8 @@ def define_flags() -> None:
 
 def config_from_flags() -> Config:
     """The Config given on the command line."""
-    return Config(**{f.name: flags.FLAGS[f.name].value for f in dataclasses.fields(Config)})
+    return Config(**{f.name: flags.FLAGS[f.name].value for f in dataclasses.fields(Config)
+                     if f.name not in config_lib.NOT_FLAGS})
 
 
 def parse_flags(argv: list[str]) -> list[str]:

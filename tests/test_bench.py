@@ -60,3 +60,38 @@ def test_cli_prints_one_json_line_per_measurement():
     lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert len(lines) == 1 and lines[0]["bench"] == "flops" and lines[0]["step_gflop_per_batch"] > 0
     assert (lines[0]["image_size"], lines[0]["ngf"], lines[0]["batch_size"]) == (16, 8, 4)
+
+
+def test_comparison_ratios_use_the_fastest_peer_of_the_same_precision_in_each_round():
+    rates = {"dcgan_tf_default": [30.0, 20.0], "dcgan_tf_float32": [12.0, 10.0], "torch_eager": [8.0, 5.0],
+             "torch_channels_last": [10.0, 4.0], "torch_bf16": [15.0, 10.0]}
+    last = {"dcgan_tf_default": {"precision": "bfloat16", "xla": False}, "dcgan_tf_float32": {"precision": "none"},
+            "torch_eager": {}, "torch_channels_last": {}, "torch_bf16": {}}
+    lines = {line["variant"]: line for line in bench._comparison_lines(TINY, list(rates), rates, last, [1.0, 2.0])}
+    default = lines["dcgan_tf_default"]
+    assert default["precision"] == "bfloat16" and default["fastest_torch_same_precision"] == "torch_bf16"
+    assert default["round_ratio_to_fastest_torch"] == [2.0, 2.0] and default["ratio_to_fastest_torch"] == 2.0
+    f32 = lines["dcgan_tf_float32"]  # round 1 against channels_last (10), round 2 against eager (5)
+    assert f32["round_ratio_to_fastest_torch"] == [1.2, 2.0] and f32["ratio_to_fastest_torch"] == 1.6
+    assert lines["torch_eager"]["img_per_s"] == 6.5 and lines["torch_eager"]["round_load_1min"] == [1.0, 2.0]
+
+
+@pytest.mark.slow
+def test_compare_runs_every_variant_in_its_own_process_and_prints_one_line_each(tmp_path):
+    # A stand-in for the PyTorch peer (PyTorch is not a dependency): it answers like the real script.
+    peer = tmp_path / "peer.py"
+    peer.write_text("import json, sys\nargs = sys.argv[1:]\n"
+                    "print(json.dumps({'impl': 'torch-reference', 'bf16': '--bf16' in args, 'img_per_s': 5.0,"
+                    " 'args': args}))\n")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    out = subprocess.run(
+        [sys.executable, "-m", "dcgan_tf.bench", "compare", "--image_size=32", "--ngf=4", "--ndf=4", "--batch_size=4",
+         "--rounds=1", "--windows=1", "--steps_per_window=1", "--warmup_steps=1", "--matmul=false",
+         "--variants=dcgan_tf_float32,torch_eager,torch_channels_last_bf16", f"--torch_python={sys.executable}",
+         f"--torch_reference={peer}"], capture_output=True, text=True, env=env, check=True, timeout=300).stdout
+    lines = {line["variant"]: line for line in map(json.loads, filter(None, out.splitlines()))}
+    assert list(lines) == ["dcgan_tf_float32", "torch_eager", "torch_channels_last_bf16"]
+    ours = lines["dcgan_tf_float32"]
+    assert ours["precision"] == "float32" and ours["fastest_torch_same_precision"] == "torch_eager"
+    assert ours["ratio_to_fastest_torch"] == pytest.approx(ours["img_per_s"] / 5.0, rel=0.01)
+    assert lines["torch_channels_last_bf16"]["precision"] == "bfloat16"

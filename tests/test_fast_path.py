@@ -1,16 +1,20 @@
-"""The fast training paths (XLA, bfloat16 compute) make the same update as the plain path on the same inputs.
+"""The fast training paths (XLA, bfloat16 compute) make the same update as the plain path on the same inputs,
+and `auto` picks the path the hardware supports, records it, and keeps it when the run resumes.
 
 "Same inputs" = the same real batch, the same initial weights and the same z. z is fixed by the test because
 XLA's stateless RNG kernels turn the same seed into different numbers than TensorFlow's own kernels (both are
 deterministic), so an XLA run draws a different, equally valid noise stream.
 """
 
+import json
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from dcgan_tf.config import Config
+from dcgan_tf import fast_path
+from dcgan_tf.config import Config, ConfigError
 from dcgan_tf.models import build_gan
 
 REAL = np.random.RandomState(0).uniform(-1, 1, (8, 16, 16, 1)).astype("float32")
@@ -63,3 +67,133 @@ def test_bfloat16_step_matches_the_plain_step_within_its_precision(plain):
     assert relative_difference(plain[0], weights) < 0.05  # measured: 0.005
     for name, value in plain[1].items():
         assert logs[name] == pytest.approx(value, rel=0.05), name
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What `auto` resolves to, and what a run records and keeps on resume.
+
+
+@pytest.mark.parametrize("gpus,flags,expected", [
+    ([], {"avx2", "avx512_bf16"}, "bfloat16"),
+    ([], {"avx2", "amx_bf16", "amx_tile"}, "bfloat16"),
+    ([], {"avx2", "avx512f"}, "none"),  # no bfloat16 arithmetic: emulated bfloat16 would be slower than float32
+    ([(8, 0)], set(), "bfloat16"),
+    ([(9, 0), (8, 6)], {"avx512_bf16"}, "bfloat16"),
+    ([(7, 5)], {"amx_bf16"}, "float16"),  # the GPU computes, not the CPU
+    ([(8, 0), (7, 0)], set(), "float16"),  # the oldest GPU decides: every replica must run the same step
+])
+def test_auto_precision_follows_the_hardware(gpus, flags, expected):
+    choice = fast_path.choose_precision(gpus, flags)
+    assert choice.value == expected and choice.reason
+
+
+def test_auto_xla_is_off_where_measured_slower_and_never_under_mirrored_cpus():
+    assert fast_path.choose_jit([], mirrored_over_cpus=False).value == "false"
+    assert "PITFALLS 6" in fast_path.choose_jit([], mirrored_over_cpus=True).reason
+
+
+def test_jit_compile_accepts_old_bools_and_rejects_nonsense():
+    assert Config(jit_compile=True).jit_compile == "true" and Config(jit_compile=False).jit_compile == "false"
+    assert Config.from_dict({"jit_compile": True}).use_xla  # a config.json written before `auto` existed
+    with pytest.raises(ConfigError, match="jit_compile='maybe' must be auto, true or false"):
+        fast_path.normalise_jit("maybe")
+
+
+def test_resolution_is_recorded_and_a_resumed_auto_run_keeps_it(monkeypatch):
+    monkeypatch.setattr(fast_path, "gpu_capabilities", lambda: [])
+    monkeypatch.setattr(fast_path, "cpu_flags", lambda: {"amx_bf16"})
+    first = fast_path.resolve(CONFIG)
+    assert first.mixed_precision == "auto" and first.jit_compile == "auto"  # the request stays as asked
+    assert first.resolved["mixed_precision"] == "bfloat16" and "amx_bf16" in first.resolved["mixed_precision_reason"]
+    assert first.resolved["jit_compile"] is False and first.compute_precision == "bfloat16" and not first.use_xla
+    # The same run resumed on a machine without bfloat16 keeps computing as it started (same numerics).
+    monkeypatch.setattr(fast_path, "cpu_flags", lambda: set())
+    assert fast_path.resolve(CONFIG).compute_precision == "none"  # what a new run would get there
+    resumed = fast_path.resolve(CONFIG, saved=Config.from_dict(json.loads(first.to_json())))
+    assert resumed.compute_precision == "bfloat16" and "resumed run" in resumed.resolved["mixed_precision_reason"]
+    # An explicit request wins, unless it changes what the checkpoint holds (float16's loss-scale optimizer).
+    assert fast_path.resolve(CONFIG.replace(mixed_precision="none"), saved=first).compute_precision == "none"
+    with pytest.raises(ConfigError, match="--mixed_precision=bfloat16 \\(or auto\\)"):
+        fast_path.resolve(CONFIG.replace(mixed_precision="float16"), saved=first)
+
+
+def test_explicit_xla_under_mirrored_cpus_is_a_clear_error():
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    assert fast_path.is_mirrored_over_cpus(strategy)
+    assert fast_path.resolve(CONFIG, strategy).resolved["jit_compile"] is False
+    with pytest.raises(ConfigError, match="PITFALLS 6"):
+        fast_path.resolve(CONFIG.replace(jit_compile="true"), strategy)
+
+
+def test_train_logs_and_records_the_request_and_the_choice(tmp_path, caplog):
+    from dcgan_tf import train
+
+    config = CONFIG.replace(dataset="synthetic", train_steps=1, log_every=1, sample_every=1, checkpoint_every=1,
+                            num_samples=4, model_dir=str(tmp_path / "run"), verbose=0)
+    with caplog.at_level("INFO"):
+        train.train(config)
+    saved = json.load(open(tmp_path / "run" / "config.json"))
+    assert saved["mixed_precision"] == "auto" and saved["jit_compile"] == "auto"
+    expected = fast_path.choose_precision(fast_path.gpu_capabilities(), fast_path.cpu_flags())
+    assert saved["resolved"]["mixed_precision"] == expected.value
+    assert saved["resolved"]["mixed_precision_reason"] == expected.reason
+    assert f"Precision: {expected.value} (requested auto: {expected.reason})" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The fused BatchNorm computes what Keras's own BatchNormalization computes.
+
+
+@pytest.mark.parametrize("policy,tolerance", [("float32", 1e-5), ("mixed_bfloat16", 2e-2)])
+def test_fused_batchnorm_equals_keras_batchnorm(policy, tolerance):
+    from dcgan_tf.models import FusedBatchNorm
+
+    x = tf.constant(np.random.RandomState(2).normal(1.0, 3.0, (8, 4, 4, 5)).astype("float32"))
+    w = tf.constant(np.random.RandomState(3).normal(size=(8, 4, 4, 5)).astype("float32"))
+    results = []
+    for layer_class in (keras.layers.BatchNormalization, FusedBatchNorm):
+        keras.mixed_precision.set_global_policy(policy)
+        try:
+            layer = layer_class(momentum=0.9, epsilon=1e-5, gamma_initializer=keras.initializers.RandomNormal(1.0, 0.3,
+                                                                                                            seed=4),
+                                beta_initializer=keras.initializers.RandomNormal(0.0, 0.3, seed=5))
+            layer.build(x.shape)
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+            loss = tf.reduce_sum(tf.cast(y, tf.float32) * w)
+        grads = tape.gradient(loss, [x, layer.gamma, layer.beta])
+        inference = layer(x, training=False)  # with the moving statistics just updated
+        results.append([y, *grads, layer.moving_mean, layer.moving_variance, inference])
+    names = ("output", "input gradient", "gamma gradient", "beta gradient", "moving mean", "moving variance",
+             "inference output")
+    for name, keras_value, fused_value in zip(names, *results):
+        a, b = (np.asarray(tf.cast(v, tf.float32)) for v in (keras_value, fused_value))
+        np.testing.assert_allclose(b, a, rtol=tolerance, atol=tolerance * max(1.0, float(np.abs(a).max())),
+                                   err_msg=name)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_matmul_kernel_gradient_equals_tensorflows(transposed):
+    from dcgan_tf import models
+
+    # The largest maps it applies to: G's 4x4 input, D's 8x8 input (4x4 output).
+    size = models.MATMUL_WEIGHT_GRAD_MAX_SIZE * (1 if transposed else 2)
+    out_size = size * 2 if transposed else size // 2
+    rng = np.random.RandomState(6)
+    x = tf.constant(rng.normal(size=(3, size, size, 5)).astype("float32"))
+    w = tf.constant(rng.normal(size=(3, out_size, out_size, 7)).astype("float32"))
+    results = []
+    for layer_class in ((keras.layers.Conv2DTranspose, models.Conv2DTranspose) if transposed else
+                        (keras.layers.Conv2D, models.Conv2D)):
+        layer = layer_class(7, 4, strides=2, padding="same", kernel_initializer=keras.initializers.RandomNormal(seed=7),
+                            bias_initializer=keras.initializers.RandomNormal(seed=8))
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x)
+            loss = tf.reduce_sum(y * w)
+        results.append([y, *tape.gradient(loss, [x, layer.kernel, layer.bias])])
+    for name, a, b in zip(("output", "input gradient", "kernel gradient", "bias gradient"), *results):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-4, atol=1e-4, err_msg=name)
