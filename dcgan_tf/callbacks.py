@@ -218,9 +218,20 @@ class RunSummary(keras.callbacks.Callback):
         self.writer.flush()
 
 
+def flatten_config(config_values: dict) -> dict:
+    """Config values one level deep: a dict field (e.g. `resolved`) becomes columns `resolved.KEY`."""
+    flat = {}
+    for name, value in config_values.items():
+        if isinstance(value, dict):
+            flat.update({f"{name}.{key}": inner for key, inner in value.items()})
+        else:
+            flat[name] = value
+    return flat
+
+
 def write_hparams(config_values: dict, trial_id: str) -> None:
     """Write the HParams experiment (its columns) and this run's values to the default summary writer."""
-    values = {name: hparams_value(value) for name, value in sorted(config_values.items())}
+    values = {name: hparams_value(value) for name, value in sorted(flatten_config(config_values).items())}
     hparams_api.hparams_config(hparams=[hparams_api.HParam(name) for name in values],
                                metrics=[hparams_api.Metric(name, display_name=name) for name in HPARAMS_METRICS])
     hparams_api.hparams(values, trial_id=trial_id)

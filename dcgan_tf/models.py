@@ -116,10 +116,19 @@ def _read(variable, dtype: tf.DType) -> tf.Tensor:
 class Conv2D(keras.layers.Conv2D):
     """keras.layers.Conv2D (same variables, same function) with the matmul kernel gradient on small outputs."""
 
+    def __init__(self, *args, matmul_weight_grad: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.matmul_weight_grad = matmul_weight_grad
+
+    def get_config(self) -> dict:
+        """Keras config, with the matmul-gradient switch."""
+        return {**super().get_config(), "matmul_weight_grad": self.matmul_weight_grad}
+
     def convolution_op(self, inputs, kernel):
         """The conv; the custom-gradient version where its output is at most MATMUL_WEIGHT_GRAD_MAX_SIZE."""
         size = inputs.shape[1]
-        if _is_paper_conv(self) and size is not None and size // 2 <= MATMUL_WEIGHT_GRAD_MAX_SIZE:
+        if (self.matmul_weight_grad and _is_paper_conv(self) and size is not None
+                and size // 2 <= MATMUL_WEIGHT_GRAD_MAX_SIZE):
             return _conv_with_matmul_weight_grad(inputs, _read(kernel, inputs.dtype))
         return super().convolution_op(inputs, kernel)
 
@@ -205,7 +214,10 @@ def build_discriminator(config: Config, name: str = "discriminator") -> keras.Mo
         is_input_layer = i == 0
         x = Conv2D(
             width, 4, strides=2, padding="same", use_bias=is_input_layer, kernel_initializer=_init(config),
-            name=f"conv{i}",
+            # Not on the conv right after the un-normalised input layer (only at 16x16 is it small enough):
+            # there Grappler's oneDNN remapper fails on the input layer's Conv2D+BiasAdd+LeakyRelu
+            # ("remapper failed: ... Mutation::Apply error") and prints an error line on every run.
+            matmul_weight_grad=i != 1, name=f"conv{i}",
         )(x)  # -> [B, size, size, width]
         if not is_input_layer:  # paper: no BatchNorm on D's input layer
             x = _batchnorm(config, f"conv{i}_bn")(x)

@@ -145,6 +145,8 @@ def test_tensorboard_shows_hparams_with_final_metrics_layer_tables_and_a_profile
     assert groups["a"]["hparams"]["learning_rate"] == pytest.approx(2e-4)
     assert groups["b"]["hparams"]["learning_rate"] == pytest.approx(1e-3)
     assert groups["a"]["hparams"]["dataset"] == "synthetic"
+    # What `auto` became on this machine is a column too (the config's `resolved` dict, one column per key).
+    assert groups["a"]["hparams"]["resolved.mixed_precision"] in ("none", "bfloat16", "float16")
     metrics = {m["name"]["tag"]: m for m in groups["a"]["metricValues"]}
     run_a = load_run(str(runs / "a" / "train"))
     for tag in SCALARS:
