@@ -59,6 +59,7 @@ class Options:
     seed: int = 0  # seed of every random draw (z, noise, random filters, random D, autoencoder)
     batch_size: int = 64  # z per generator call
     bn_samples: int = DEFAULT_BN_SAMPLES  # --model_dir: re-estimate G's BatchNorm from this many z like the export
+    g_ema: bool | None = None  # --model_dir: true = G's EMA, false = the raw G (default: the run's own choice)
     num: int | None = None  # samples: sheet 64, concept-filters 150, ablate 8, neighbors 8, dedup 1000
     cols: int = 0  # sheet: columns of the grid (0 = square)
     rows: int = 8  # interpolate: number of z pairs; walk: number of random samples
@@ -110,7 +111,7 @@ def open_generator(opts: Options) -> sources.Generator:
     if len(given) != 1:
         raise ExploreError(f"name the model with exactly one of --model_dir, --export_dir, --server (got {given})")
     if opts.model_dir:
-        return sources.from_model_dir(opts.model_dir, opts.batch_size, opts.bn_samples)
+        return sources.from_model_dir(opts.model_dir, opts.batch_size, opts.bn_samples, g_ema=opts.g_ema)
     if opts.export_dir:
         return sources.from_export_dir(opts.export_dir, opts.z_dist, opts.batch_size)
     z_dist = opts.z_dist or served_z_dist(opts.server, opts.model_name, opts.nz)
@@ -381,6 +382,8 @@ def define_flags() -> None:
             flags.DEFINE_list(name, None, text)
         elif field.name in ENUM_FIELDS:
             flags.DEFINE_enum(name, default, ENUM_FIELDS[field.name], text)
+        elif field.type == "bool | None":
+            flags.DEFINE_bool(name, default, text)
         elif isinstance(default, float):
             flags.DEFINE_float(name, default, text)
         elif isinstance(default, int) or field.type in ("int | None",):

@@ -362,6 +362,7 @@ def define_flags() -> None:
                          "z used to re-estimate BatchNorm statistics before export; 0 keeps the moving averages.")
     flags.DEFINE_integer("max_images", DEFAULT_MAX_IMAGES,
                          "Most images one `sample` or `sample_seeds` request may ask for (enforced in the graph).")
+    flags.DEFINE_bool("g_ema", None, "Export G's EMA (true) or the raw G (false); default: the run's own choice.")
     flags.mark_flags_as_required(["model_dir", "export_dir"])
 
 
@@ -375,7 +376,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     try:
-        config, gan = checkpointing.load_run(FLAGS.model_dir)
+        config, gan = checkpointing.load_run(FLAGS.model_dir, g_ema=FLAGS.g_ema)
         path = export_generator(gan, config, FLAGS.export_dir, FLAGS.version, FLAGS.bn_samples,
                                 FLAGS.max_images)
     except (ExportError, checkpointing.CheckpointError) as e:
