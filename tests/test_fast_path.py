@@ -130,7 +130,8 @@ def test_train_logs_and_records_the_request_and_the_choice(tmp_path, caplog):
 
     config = CONFIG.replace(dataset="synthetic", train_steps=1, log_every=1, sample_every=1, checkpoint_every=1,
                             num_samples=4, model_dir=str(tmp_path / "run"), verbose=0)
-    with caplog.at_level("INFO"):
+    # The absl logger's own level too: an earlier test in the same process may have raised it.
+    with caplog.at_level("INFO"), caplog.at_level("INFO", logger="absl"):
         train.train(config)
     saved = json.load(open(tmp_path / "run" / "config.json"))
     assert saved["mixed_precision"] == "auto" and saved["jit_compile"] == "auto"
