@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from dcgan_tf import checkpointing, distribute, input_pipeline, train
+from dcgan_tf import bench, checkpointing, distribute, input_pipeline, train
 from dcgan_tf.config import Config
 from dcgan_tf.models import build_gan
 
@@ -101,7 +101,7 @@ def bench_sync_batchnorm() -> None:
         "cpu_sync_over_unsynced": round(cpu_ms[True] / cpu_ms[False], 3),
         "windows_ms_sync": [round(1e3 * s, 1) for s in seconds[True]],
         "windows_ms_unsynced": [round(1e3 * s, 1) for s in seconds[False]],
-        "load_1min": round(os.getloadavg()[0], 2), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": bench.machine(),
     }), flush=True)
 
 
@@ -140,7 +140,7 @@ def bench_resume() -> None:
             "decoded_mib": round(data_bytes / 1024**2, 1), "cache_limit_mib": FLAGS.cache_limit_mb,
             "seconds_to_first_batch": [round(p, 3) for p, _ in times[step]],
             "seconds_to_first_step": [round(r, 3) for _, r in times[step]],
-            "load_1min": round(os.getloadavg()[0], 2), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "machine": bench.machine(),
         }), flush=True)
 
 
