@@ -98,7 +98,7 @@ class Config:
     def __post_init__(self) -> None:
         # config.json files written before `auto` existed hold jit_compile as a bool.
         if isinstance(self.jit_compile, bool):
-            self.jit_compile = "true" if self.jit_compile else "false"
+            self.jit_compile = jit_spelling(self.jit_compile)
 
     @property
     def compute_precision(self) -> str:
@@ -116,7 +116,7 @@ class Config:
         """Whether the train step is XLA-compiled: the request, or what `auto` resolved to."""
         from dcgan_tf import fast_path
 
-        requested = fast_path.normalise_jit(self.jit_compile)
+        requested = normalise_jit(self.jit_compile)
         if requested != "auto":
             return requested == "true"
         if "jit_compile" in self.resolved:
@@ -163,6 +163,25 @@ class ConfigError(ValueError):
     """A setting that cannot work, with a message that names the fix."""
 
 
+JIT_VALUES = ("auto", "true", "false")
+
+
+def jit_spelling(value: object) -> str:
+    """A --jit_compile value (flag string, or the bool of an old config.json) spelled as auto/true/false if it is one."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = str(value).strip().lower()
+    return {"1": "true", "yes": "true", "0": "false", "no": "false"}.get(text, text)
+
+
+def normalise_jit(value: object) -> str:
+    """'auto', 'true' or 'false' from a flag string or a bool; ConfigError for anything else."""
+    text = jit_spelling(value)
+    if text not in JIT_VALUES:
+        raise ConfigError(f"jit_compile={value!r} must be auto, true or false")
+    return text
+
+
 def is_power_of_two(n: int) -> bool:
     """True for 1, 2, 4, 8, ..."""
     return n > 0 and n & (n - 1) == 0
@@ -183,7 +202,7 @@ def validate(config: Config) -> None:
         (config.strategy in STRATEGIES, f"strategy={config.strategy!r} must be one of {STRATEGIES}"),
         (config.mixed_precision in ("auto", "none", "bfloat16", "float16"),
          f"mixed_precision={config.mixed_precision!r} must be auto, none, bfloat16 or float16"),
-        (str(config.jit_compile).lower() in ("auto", "true", "false", "1", "0", "yes", "no"),
+        (jit_spelling(config.jit_compile) in JIT_VALUES,
          f"jit_compile={config.jit_compile!r} must be auto, true or false"),
         (0 <= config.g_ema_decay < 1, f"g_ema_decay={config.g_ema_decay} must be in [0, 1) (0 keeps no EMA)"),
         (not config.g_ema or config.g_ema_decay > 0,

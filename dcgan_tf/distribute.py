@@ -12,8 +12,8 @@ from typing import Callable, Iterator
 import tensorflow as tf
 from absl import logging
 
-from dcgan_tf import fast_path, startup
-from dcgan_tf.config import Config, ConfigError
+from dcgan_tf import startup
+from dcgan_tf.config import Config, ConfigError, normalise_jit
 
 TF_CONFIG_EXAMPLE = ('TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
                      '"task": {"type": "worker", "index": 0}}\' (index 1 on host2)')
@@ -93,7 +93,7 @@ def check_batch_split(config: Config, strategy: tf.distribute.Strategy) -> None:
 def check_jit_compile(config: Config, strategy: tf.distribute.Strategy) -> None:
     """--jit_compile under a MirroredStrategy over several CPU devices fails in XLA (PITFALLS 6): say so first."""
     # Only an explicit request: `auto` already stays off under a mirrored strategy over CPUs (fast_path.choose_jit).
-    if fast_path.normalise_jit(config.jit_compile) != "true" or strategy.num_replicas_in_sync == 1:
+    if normalise_jit(config.jit_compile) != "true" or strategy.num_replicas_in_sync == 1:
         return
     devices = getattr(strategy.extended, "worker_devices", ())
     if isinstance(strategy, tf.distribute.MirroredStrategy) and all("CPU" in d.upper() for d in devices):

@@ -21,10 +21,9 @@ import dataclasses
 import tensorflow as tf
 from absl import logging
 
-from dcgan_tf.config import Config, ConfigError
+from dcgan_tf.config import Config, ConfigError, normalise_jit
 
 PRECISIONS = ("auto", "none", "bfloat16", "float16")
-JIT_VALUES = ("auto", "true", "false")
 # /proc/cpuinfo flags of x86 CPUs whose bfloat16 arithmetic oneDNN uses (dot products / tile matmuls).
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 # GPUs of this compute capability or more (Ampere on) have bfloat16 tensor cores.
@@ -83,17 +82,6 @@ def choose_jit(gpus: list[tuple[int, int]], mirrored_over_cpus: bool) -> Choice:
     if gpus:
         return Choice("false", "XLA not measured on GPUs: off (--jit_compile=true turns it on)")
     return Choice("false", "XLA measured slower than the plain step on CPUs (docs/performance.md)")
-
-
-def normalise_jit(value: object) -> str:
-    """'auto', 'true' or 'false' from a flag string or a bool (old config.json files hold a bool)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    text = str(value).strip().lower()
-    text = {"1": "true", "yes": "true", "0": "false", "no": "false"}.get(text, text)
-    if text not in JIT_VALUES:
-        raise ConfigError(f"jit_compile={value!r} must be auto, true or false")
-    return text
 
 
 def is_mirrored_over_cpus(strategy: tf.distribute.Strategy | None) -> bool:
