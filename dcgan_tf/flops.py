@@ -88,8 +88,3 @@ def measure_matmul(size: int = 2048, repeats: int = 5, dtype: tf.DType = tf.floa
         cpus.append(time.process_time() - cpu)
     flop = 2 * size**3 / 1e9
     return flop / float(np.median(walls)), flop / max(float(np.median(cpus)), 1e-9)
-
-
-def measure_matmul_gflops(size: int = 2048, repeats: int = 5, dtype: tf.DType = tf.float32) -> float:
-    """The machine's own dense matmul rate in `dtype` (GFLOP/s of wall time), a practical peak."""
-    return measure_matmul(size, repeats, dtype)[0]
