@@ -44,10 +44,11 @@ from absl import app, flags, logging
 from dcgan_tf import flops as flops_lib
 from dcgan_tf import input_pipeline
 from dcgan_tf.config import Config, validate
+from dcgan_tf import models
 from dcgan_tf.models import build_discriminator, build_gan, build_generator
 
 RANDOM = "random"  # --dataset value: one fixed random batch, so only the train step is measured
-COMMANDS = ("train", "input", "sample", "flops", "compare")
+COMMANDS = ("train", "input", "sample", "flops", "compare", "layers")
 _REPO_BATCHING_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "serving",
                                    "batching_parameters.txt")
 
@@ -361,6 +362,64 @@ def bench_flops(config: Config, matmul_gflops: float | None = None) -> dict[str,
     return result
 
 
+def _layer_shapes(config: Config) -> list[tuple[str, int, int, int]]:
+    """(kind, input size, input channels, output channels) of each of D's convs and G's transposed convs."""
+    channels = config.channels or 3
+    d_in = [channels, *models.discriminator_widths(config)[:-1]]
+    convs = [("conv", config.image_size // 2**i, c_in, c_out)
+             for i, (c_in, c_out) in enumerate(zip(d_in, models.discriminator_widths(config)))]
+    g_out = [*models.generator_widths(config)[1:], channels]
+    deconvs = [("deconv", 4 * 2**i, c_in, c_out)
+               for i, (c_in, c_out) in enumerate(zip(models.generator_widths(config), g_out))]
+    return convs + deconvs
+
+
+def _conv_pass(op: Callable, inputs: tf.Tensor, kernel: tf.Tensor, out_grad: tf.Tensor) -> Callable:
+    """A tf.function running op's forward pass, input gradient and kernel gradient once."""
+    @tf.function
+    def run():
+        with tf.GradientTape() as tape:
+            tape.watch([inputs, kernel])
+            loss = tf.reduce_sum(tf.cast(op(inputs, kernel), tf.float32) * out_grad)
+        return tape.gradient(loss, [inputs, kernel])
+    return run
+
+
+def _native_deconv(inputs: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+    """TensorFlow's (oneDNN's) 4x4 stride-2 'same' transposed conv, output twice the input's size."""
+    batch, size = tf.shape(inputs)[0], inputs.shape[1]
+    return tf.nn.conv2d_transpose(inputs, kernel, [batch, 2 * size, 2 * size, kernel.shape[2]], 2, "SAME")
+
+
+def bench_layers(config: Config, windows: int = 3, repeats: int = 5) -> Iterator[dict[str, Any]]:
+    """Each paper conv layer's forward + input gradient + kernel gradient, by TensorFlow's conv kernels and by
+    models.conv_by_matmul / deconv_by_matmul, in the step's precision: which the model uses where, and why."""
+    config = _resolved(config)
+    dtype, batch = matmul_dtype(config), config.batch_size
+    implementations = {"conv": {"onednn": lambda x, k: tf.nn.conv2d(x, k, 2, "SAME"),
+                                "matmul": models.conv_by_matmul},
+                       "deconv": {"onednn": _native_deconv, "matmul": models.deconv_by_matmul}}
+    for kind, size, c_in, c_out in _layer_shapes(config):
+        small = size // 2 if kind == "conv" else size
+        large = 2 * small
+        # conv: [B, large, large, c_in] -> [B, small, small, c_out]; deconv: [B, small, ..., c_in] -> large, c_out.
+        in_shape = [batch, large, large, c_in] if kind == "conv" else [batch, small, small, c_in]
+        out_shape = [batch, small, small, c_out] if kind == "conv" else [batch, large, large, c_out]
+        kernel_shape = [4, 4, c_in, c_out] if kind == "conv" else [4, 4, c_out, c_in]
+        inputs = tf.cast(tf.random.stateless_normal(in_shape, [config.seed, 1]), dtype)
+        kernel = tf.cast(tf.random.stateless_normal(kernel_shape, [config.seed, 2]) * 0.02, dtype)
+        out_grad = tf.random.stateless_normal(out_shape, [config.seed, 3])
+        gflop = 3 * 2 * batch * small * small * 16 * c_in * c_out / 1e9  # forward, input and kernel gradients
+        for name, op in implementations[kind].items():
+            run = _conv_pass(op, inputs, kernel, out_grad)
+            walls, _ = timed_windows(lambda: [g.numpy() for g in [run() for _ in range(repeats)][-1]], windows)
+            seconds = float(np.median(walls)) / repeats
+            yield {"bench": "layers", **_settings(config), "layer": f"{kind} {large}x{large}<->{small}x{small} "
+                   f"{c_in}->{c_out}", "implementation": name, "ms": round(seconds * 1e3, 2),
+                   "gflop_per_s": round(gflop / seconds, 1),
+                   "used_by_model": (name == "matmul") == models.uses_matmul_conv(small)}
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Side by side: dcgan_tf's variants and the PyTorch peer's, interleaved.
 
@@ -525,7 +584,8 @@ def define_flags() -> None:
                       "Compute dtype (auto = what training picks on this machine).")
     flags.DEFINE_integer("steps_per_execution", 1, "Train steps per call of the train function.")
     flags.DEFINE_integer("windows", 5, "Timed windows (the median is reported).")
-    flags.DEFINE_integer("steps_per_window", 3, "Train steps (or 20x input batches) per timed window.")
+    flags.DEFINE_integer("steps_per_window", 3,
+                         "Train steps (input: 20x that many batches; layers: passes) per timed window.")
     flags.DEFINE_integer("warmup_steps", 2, "Untimed steps first (tracing, XLA compilation).")
     flags.DEFINE_boolean("matmul", True, "Also measure the machine's matmul rate in the step's precision (seconds).")
     flags.DEFINE_string("torch_python", None, "compare: a Python with PyTorch, to time the PyTorch peer too.")
@@ -574,6 +634,8 @@ def run_command(command: str, config: Config) -> Iterator[dict[str, Any]]:
         yield from bench_sample(config, FLAGS.model_dir, FLAGS.grpc, FLAGS.repeats, FLAGS.batch_size, FLAGS.windows,
                                 FLAGS.clients if FLAGS.grpc else 0, FLAGS.client_requests,
                                 FLAGS.batching_parameters_file or _REPO_BATCHING_FILE, FLAGS.concurrent_rounds)
+    elif command == "layers":
+        yield from bench_layers(config, FLAGS.windows, FLAGS.steps_per_window)
     else:
         yield bench_flops(config, matmul)
 

@@ -16,6 +16,7 @@ import keras
 import tensorflow as tf
 
 from dcgan_tf.config import Config
+from dcgan_tf.optimizers import FusedAdam
 
 
 def _init(config: Config) -> keras.initializers.Initializer:
@@ -53,10 +54,16 @@ class FusedBatchNorm(keras.layers.BatchNormalization):
         return tf.cast(outputs, self.compute_dtype)
 
 
-# The conv weight gradient is computed as one matmul over the input patches where the conv's small side (D's
-# output, G's input) is at most this size: there oneDNN's weight-gradient kernel reached ~70 GFLOP/s per core in
-# bfloat16 against ~220 for the matmul (measured, docs/performance.md); at 8x8 and larger its own kernel is faster.
-MATMUL_WEIGHT_GRAD_MAX_SIZE = 4
+# Where a paper conv's small side (D's output, G's input) is at most this size, its forward pass, input gradient
+# and kernel gradient are each one matmul over space-to-depth patches instead of oneDNN's conv kernels: on 4x4
+# maps those reached 225-250 GFLOP/s in bfloat16 (fwd + both gradients) against 650-800 as matmuls, measured
+# on a 2-core AMX Xeon (docs/performance.md); at 8x8 the two were within 5% at ngf=64, so the threshold stays 4.
+MATMUL_CONV_MAX_SIZE = 4
+
+
+def uses_matmul_conv(small_side: int | None) -> bool:
+    """Whether a paper conv whose small side (D's output, G's input) is `small_side` is computed by matmuls."""
+    return small_side is not None and small_side <= MATMUL_CONV_MAX_SIZE
 
 
 def _is_paper_conv(layer: keras.layers.Layer) -> bool:
@@ -66,42 +73,72 @@ def _is_paper_conv(layer: keras.layers.Layer) -> bool:
             and getattr(layer, "groups", 1) == 1)
 
 
-def weight_gradient_by_matmul(inputs: tf.Tensor, out_grad: tf.Tensor, kernel_shape: tf.TensorShape) -> tf.Tensor:
-    """dL/dkernel of the 4x4 stride-2 'same' conv2d(inputs) whose output gradient is `out_grad`, as one matmul.
+def conv_patches(inputs: tf.Tensor) -> tf.Tensor:
+    """[B, 2h, 2w, C] -> [B, h, w, 16C]: each output position's 4x4 input window of the stride-2 'same' conv.
 
-    Patches [B*H/2*W/2, 16*C_in] of the input (padded 1 on each side, as 'same' pads an even input) times the
-    output gradient [B*H/2*W/2, C_out]: the same sum Conv2DBackpropFilter computes.
+    'same' pads an even input by 1 on each side; space-to-depth turns the padded map into 2x2 cells, and a 4x4
+    stride-2 window is 2x2 neighbouring cells: four shifted slices, concatenated. Depth order: (cell a, b; row r
+    and column q inside the cell; channel), window offset (2a + r, 2b + q). Plain slices and concat: no gather.
     """
-    kh, kw, cin, cout = kernel_shape
-    padded = tf.pad(inputs, [[0, 0], [1, 1], [1, 1], [0, 0]])
-    patches = tf.image.extract_patches(padded, [1, kh, kw, 1], [1, 2, 2, 1], [1, 1, 1, 1], "VALID")
-    grad = tf.matmul(tf.reshape(patches, [-1, kh * kw * cin]), tf.reshape(out_grad, [-1, cout]), transpose_a=True)
-    return tf.reshape(grad, [kh, kw, cin, cout])
+    h, w = inputs.shape[1] // 2, inputs.shape[2] // 2
+    cells = tf.nn.space_to_depth(tf.pad(inputs, [[0, 0], [1, 1], [1, 1], [0, 0]]), 2)
+    return tf.concat([tf.slice(cells, [0, a, b, 0], [-1, h, w, -1]) for a in (0, 1) for b in (0, 1)], axis=-1)
+
+
+def patches_adjoint(patches: tf.Tensor) -> tf.Tensor:
+    """[B, h, w, 16C] -> [B, 2h, 2w, C]: the transpose of conv_patches (overlapping windows summed back)."""
+    pieces = tf.split(patches, 4, axis=-1)
+    cells = tf.add_n([tf.pad(pieces[2 * a + b], [[0, 0], [a, 1 - a], [b, 1 - b], [0, 0]])
+                      for a in (0, 1) for b in (0, 1)])
+    return tf.nn.depth_to_space(cells, 2)[:, 1:-1, 1:-1, :]
+
+
+def kernel_matrix(kernel: tf.Tensor) -> tf.Tensor:
+    """A [4, 4, C, O] kernel as the [16C, O] matrix whose rows follow conv_patches' depth order."""
+    _, _, c, o = kernel.shape
+    cells = tf.reshape(kernel, [2, 2, 2, 2, c, o])  # [a, r, b, q, C, O]: offset (2a + r, 2b + q)
+    return tf.reshape(tf.transpose(cells, [0, 2, 1, 3, 4, 5]), [16 * c, o])
+
+
+def kernel_from_matrix(matrix: tf.Tensor, kernel_shape: tf.TensorShape) -> tf.Tensor:
+    """The inverse of kernel_matrix: [16C, O] -> [4, 4, C, O]."""
+    _, _, c, o = kernel_shape
+    cells = tf.reshape(matrix, [2, 2, 2, 2, c, o])  # [a, b, r, q, C, O]
+    return tf.reshape(tf.transpose(cells, [0, 2, 1, 3, 4, 5]), [4, 4, c, o])
 
 
 @tf.custom_gradient
-def _conv_with_matmul_weight_grad(inputs: tf.Tensor, kernel: tf.Tensor):
-    """conv2d(inputs, kernel), 4x4 stride 2 'same', whose kernel gradient is weight_gradient_by_matmul."""
-    outputs = tf.nn.conv2d(inputs, kernel, strides=2, padding="SAME")
+def conv_by_matmul(inputs: tf.Tensor, kernel: tf.Tensor):
+    """conv2d(inputs, kernel), 4x4 stride 2 'same', and both its gradients, each as one matmul over patches."""
+    patches = conv_patches(inputs)
+    _, h, w, depth = patches.shape
+    out_channels = kernel.shape[-1]
+    patches = tf.reshape(patches, [-1, depth])
+    matrix = kernel_matrix(kernel)
+    outputs = tf.reshape(tf.matmul(patches, matrix), [-1, h, w, out_channels])
 
     def grad(out_grad):
-        in_grad = tf.nn.conv2d_transpose(out_grad, kernel, tf.shape(inputs), strides=2, padding="SAME")
-        return in_grad, weight_gradient_by_matmul(inputs, out_grad, kernel.shape)
+        out_grad = tf.reshape(out_grad, [-1, out_channels])
+        in_grad = patches_adjoint(tf.reshape(tf.matmul(out_grad, matrix, transpose_b=True), [-1, h, w, depth]))
+        return in_grad, kernel_from_matrix(tf.matmul(patches, out_grad, transpose_a=True), kernel.shape)
 
     return outputs, grad
 
 
 @tf.custom_gradient
-def _deconv_with_matmul_weight_grad(inputs: tf.Tensor, kernel: tf.Tensor):
-    """conv2d_transpose(inputs, kernel), 4x4 stride 2 'same' (output twice the input's size), whose kernel
-    gradient is weight_gradient_by_matmul (the transposed conv's kernel gradient is the conv's, roles swapped)."""
-    shape = tf.shape(inputs)
-    output_shape = tf.stack([shape[0], 2 * shape[1], 2 * shape[2], kernel.shape[2]])
-    outputs = tf.nn.conv2d_transpose(inputs, kernel, output_shape, strides=2, padding="SAME")
+def deconv_by_matmul(inputs: tf.Tensor, kernel: tf.Tensor):
+    """conv2d_transpose(inputs, kernel [4, 4, out, in]), 4x4 stride 2 'same' (output twice the input's size), and
+    both its gradients, each as one matmul: it is the transpose of conv_by_matmul with the same kernel."""
+    _, h, w, in_channels = inputs.shape
+    depth = 16 * kernel.shape[2]
+    flat_inputs = tf.reshape(inputs, [-1, in_channels])
+    matrix = kernel_matrix(kernel)  # [16 out, in]
+    outputs = patches_adjoint(tf.reshape(tf.matmul(flat_inputs, matrix, transpose_b=True), [-1, h, w, depth]))
 
     def grad(out_grad):
-        in_grad = tf.nn.conv2d(out_grad, kernel, strides=2, padding="SAME")
-        return in_grad, weight_gradient_by_matmul(out_grad, inputs, kernel.shape)
+        patches = tf.reshape(conv_patches(out_grad), [-1, depth])
+        in_grad = tf.reshape(tf.matmul(patches, matrix), [-1, h, w, in_channels])
+        return in_grad, kernel_from_matrix(tf.matmul(patches, flat_inputs, transpose_a=True), kernel.shape)
 
     return outputs, grad
 
@@ -114,37 +151,36 @@ def _read(variable, dtype: tf.DType) -> tf.Tensor:
 
 @keras.saving.register_keras_serializable(package="dcgan_tf")
 class Conv2D(keras.layers.Conv2D):
-    """keras.layers.Conv2D (same variables, same function) with the matmul kernel gradient on small outputs."""
+    """keras.layers.Conv2D (same variables, same function) computed by matmuls where its output is small."""
 
     def __init__(self, *args, matmul_weight_grad: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
-        self.matmul_weight_grad = matmul_weight_grad
+        self.matmul_weight_grad = matmul_weight_grad  # the name old saved configs carry: "use conv_by_matmul"
 
     def get_config(self) -> dict:
-        """Keras config, with the matmul-gradient switch."""
+        """Keras config, with the matmul switch."""
         return {**super().get_config(), "matmul_weight_grad": self.matmul_weight_grad}
 
     def convolution_op(self, inputs, kernel):
-        """The conv; the custom-gradient version where its output is at most MATMUL_WEIGHT_GRAD_MAX_SIZE."""
+        """The conv; conv_by_matmul where its output is at most MATMUL_CONV_MAX_SIZE."""
         size = inputs.shape[1]
-        if (self.matmul_weight_grad and _is_paper_conv(self) and size is not None
-                and size // 2 <= MATMUL_WEIGHT_GRAD_MAX_SIZE):
-            return _conv_with_matmul_weight_grad(inputs, _read(kernel, inputs.dtype))
+        if (self.matmul_weight_grad and _is_paper_conv(self) and size is not None and inputs.shape[2] == size
+                and size % 2 == 0 and uses_matmul_conv(size // 2)):
+            return conv_by_matmul(inputs, _read(kernel, inputs.dtype))
         return super().convolution_op(inputs, kernel)
 
 
 @keras.saving.register_keras_serializable(package="dcgan_tf")
 class Conv2DTranspose(keras.layers.Conv2DTranspose):
-    """keras.layers.Conv2DTranspose (same variables, same function) with the matmul kernel gradient on small
-    inputs."""
+    """keras.layers.Conv2DTranspose (same variables, same function) computed by matmuls where its input is small."""
 
     def call(self, inputs):
-        """The transposed conv (+ bias); the custom-gradient version where its input is small."""
+        """The transposed conv (+ bias); deconv_by_matmul where its input is at most MATMUL_CONV_MAX_SIZE."""
         size = inputs.shape[1]
-        if (not _is_paper_conv(self) or self.output_padding is not None or size is None
-                or size > MATMUL_WEIGHT_GRAD_MAX_SIZE):
+        if (not _is_paper_conv(self) or self.output_padding is not None or inputs.shape[2] != size
+                or not uses_matmul_conv(size)):
             return super().call(inputs)
-        outputs = _deconv_with_matmul_weight_grad(inputs, _read(self.kernel, inputs.dtype))
+        outputs = deconv_by_matmul(inputs, _read(self.kernel, inputs.dtype))
         if self.use_bias:
             outputs = outputs + self.bias
         return self.activation(outputs) if self.activation is not None else outputs
@@ -252,8 +288,8 @@ def build_gan(config: Config):
 
 
 def _adam(config: Config) -> keras.optimizers.Optimizer:
-    """Adam with the config's settings, wrapped for loss scaling under float16."""
-    optimizer = keras.optimizers.Adam(config.learning_rate, beta_1=config.beta1, beta_2=config.beta2)
+    """Adam (fused update kernel) with the config's settings, wrapped for loss scaling under float16."""
+    optimizer = FusedAdam(config.learning_rate, beta_1=config.beta1, beta_2=config.beta2)
     if config.compute_precision == "float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer

@@ -177,11 +177,12 @@ def test_fused_batchnorm_equals_keras_batchnorm(policy, tolerance):
 
 
 @pytest.mark.parametrize("transposed", [False, True])
-def test_matmul_kernel_gradient_equals_tensorflows(transposed):
+def test_matmul_conv_equals_tensorflows(transposed):
+    """Output, input gradient and kernel gradient of the matmul conv/deconv equal Keras's own layers'."""
     from dcgan_tf import models
 
     # The largest maps it applies to: G's 4x4 input, D's 8x8 input (4x4 output).
-    size = models.MATMUL_WEIGHT_GRAD_MAX_SIZE * (1 if transposed else 2)
+    size = models.MATMUL_CONV_MAX_SIZE * (1 if transposed else 2)
     out_size = size * 2 if transposed else size // 2
     rng = np.random.RandomState(6)
     x = tf.constant(rng.normal(size=(3, size, size, 5)).astype("float32"))
@@ -198,3 +199,39 @@ def test_matmul_kernel_gradient_equals_tensorflows(transposed):
         results.append([y, *tape.gradient(loss, [x, layer.kernel, layer.bias])])
     for name, a, b in zip(("output", "input gradient", "kernel gradient", "bias gradient"), *results):
         np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_fused_adam_makes_keras_adams_update(replicas):
+    """FusedAdam's weights and slots after three steps equal keras.optimizers.Adam's (one device and 2 replicas)."""
+    from dcgan_tf.distribute import new_mirrored_strategy
+    from dcgan_tf.optimizers import FusedAdam
+
+    rng = np.random.RandomState(9)
+    start = [rng.normal(size=shape).astype("float32") for shape in ((4, 4, 3, 5), (5,))]
+    grads = [[rng.normal(size=w.shape).astype("float32") for w in start] for _ in range(3)]
+    strategy = new_mirrored_strategy(["/cpu:0", "/cpu:1"]) if replicas == 2 else tf.distribute.get_strategy()
+    results = []
+    for optimizer_class in (keras.optimizers.Adam, FusedAdam):
+        with strategy.scope():
+            weights = [keras.Variable(w) for w in start]
+            optimizer = optimizer_class(0.01, beta_1=0.5, beta_2=0.9)
+            optimizer.build(weights)
+
+        @tf.function
+        def apply(step_grads):
+            def replica_fn(step_grads):
+                # Each replica's half: summed across replicas, the update sees the full gradient.
+                optimizer.apply_gradients(zip([g / replicas for g in step_grads], weights))
+            strategy.run(replica_fn, args=(step_grads,))
+
+        for step_grads in grads:
+            apply([tf.constant(g) for g in step_grads])
+        results.append([np.asarray(v) for v in (*weights, *optimizer._momentums, *optimizer._velocities)])
+    for keras_value, fused_value in zip(*results):
+        np.testing.assert_allclose(fused_value, keras_value, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(results[1][0], start[0])  # it did train
+    if replicas == 2:  # each device's copy got the update, not only the first
+        for variable in (*weights, *optimizer._momentums, *optimizer._velocities):
+            copies = variable.value.values
+            np.testing.assert_array_equal(np.asarray(copies[1]), np.asarray(copies[0]))
