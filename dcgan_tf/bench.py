@@ -42,9 +42,8 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from dcgan_tf import flops as flops_lib
-from dcgan_tf import input_pipeline
+from dcgan_tf import input_pipeline, models
 from dcgan_tf.config import Config, validate
-from dcgan_tf import models
 from dcgan_tf.models import build_discriminator, build_gan, build_generator
 
 RANDOM = "random"  # --dataset value: one fixed random batch, so only the train step is measured

@@ -20,7 +20,7 @@ class FusedAdam(keras.optimizers.Adam):
 
     def update_step(self, gradient, variable, learning_rate):
         """One Adam update of `variable` (on one device under a distribution strategy)."""
-        if self.amsgrad or isinstance(gradient, tf.IndexedSlices) or keras.backend.backend() != "tensorflow":
+        if self.amsgrad or isinstance(gradient, tf.IndexedSlices):  # cases the fused kernel does not cover
             return super().update_step(gradient, variable, learning_rate)
         target = variable.value if isinstance(variable, keras.Variable) else variable
         dtype = target.dtype
