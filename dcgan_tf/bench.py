@@ -414,8 +414,8 @@ def bench_layers(config: Config, windows: int = 3, repeats: int = 5) -> Iterator
             walls, _ = timed_windows(lambda: [g.numpy() for g in [run() for _ in range(repeats)][-1]], windows)
             seconds = float(np.median(walls)) / repeats
             yield {"bench": "layers", **_settings(config), "layer": f"{kind} {large}x{large}<->{small}x{small} "
-                   f"{c_in}->{c_out}", "implementation": name, "ms": round(seconds * 1e3, 2),
-                   "gflop_per_s": round(gflop / seconds, 1),
+                   f"{c_in}->{c_out}", "implementation": name, "gflop": float(f"{gflop:.6g}"),
+                   "ms": round(seconds * 1e3, 2), "gflop_per_s": round(gflop / seconds, 1),
                    "used_by_model": (name == "matmul") == models.uses_matmul_conv(small)}
 
 

@@ -1,25 +1,33 @@
 """Checkpoints of a whole run: both networks, G's EMA, both optimizers and the step (which is also the RNG state).
 
-tf.train.CheckpointManager writes each checkpoint's shards to a temporary name, renames them into place and
-only then rewrites its `checkpoint` index (an atomic rename), so a reader never picks up a half-written one.
-What an interrupted save leaves behind (a `ckpt-N_temp/` folder, `ckpt-N.*` files the index never listed) is
-removed by `remove_interrupted_writes` when the run starts again; a checkpoint that is listed but unreadable
-(e.g. truncated by a crashed disk) is skipped by `restore_latest` in favour of the previous one.
+tf.train.CheckpointManager writes each checkpoint's shards to a temporary name, merges them into `ckpt-N.*`
+and only then rewrites its `checkpoint` index (an atomic rename). A run that starts again first repairs what a
+crash or a damaged disk left (`recover`): an index that is missing, unreadable or lists no readable checkpoint
+is rebuilt from the `ckpt-N` files that can be read, a complete checkpoint written just before a crash (after
+its data, before the index) is added to the index, and only provable leftovers of an interrupted save are
+deleted (temporaries, and the files of a save newer than every readable checkpoint that cannot be read). A
+readable checkpoint is never deleted. A checkpoint that is listed but unreadable (e.g. truncated by a crashed
+disk) is skipped by `restore_latest` in favour of the previous one.
 """
 
 from __future__ import annotations
 
 import errno
 import glob
+import json
 import os
 import re
 import shutil
+import time
 
 import tensorflow as tf
 from absl import logging
+from google.protobuf import text_format
+from tensorflow.python.checkpoint import checkpoint_management  # CheckpointState: the index's proto
 
 from dcgan_tf import config as config_lib
 from dcgan_tf.config import Config
+from dcgan_tf.files import atomic_write
 from dcgan_tf.gan import DCGAN
 
 CONFIG_FILE = "config.json"
@@ -90,16 +98,21 @@ def _fill_missing(checkpoint: tf.train.Checkpoint, missing: list[str], path: str
 
 def make_manager(gan: DCGAN, model_dir: str, keep: int) -> tf.train.CheckpointManager:
     """A manager keeping the last `keep` checkpoints under model_dir/checkpoints."""
-    return tf.train.CheckpointManager(
-        make_checkpoint(gan), os.path.join(model_dir, CHECKPOINT_SUBDIR), max_to_keep=keep, checkpoint_name="ckpt"
-    )
+    directory = os.path.join(model_dir, CHECKPOINT_SUBDIR)
+    try:
+        return tf.train.CheckpointManager(make_checkpoint(gan), directory, max_to_keep=keep, checkpoint_name="ckpt")
+    except ValueError as e:  # an index without a latest checkpoint ("Invalid checkpoint state loaded from ...")
+        raise CheckpointError(f"the checkpoint index {index_path(directory)} is damaged ({e}). Re-run the "
+                              "training command: it rebuilds the index from the readable ckpt-N files.") from e
 
 
-def restore_latest(manager: tf.train.CheckpointManager) -> str | None:
-    """Restore the newest readable checkpoint (skipping unreadable ones with a warning); its path or None."""
-    for path in reversed(manager.checkpoints):
+def restore_latest(checkpoint: tf.train.Checkpoint, directory: str) -> str | None:
+    """Restore the newest readable checkpoint of `directory` (skipping unreadable ones with a warning); its path
+    or None. Reads what `recovered_paths` finds, so a damaged index does not hide intact checkpoints."""
+    paths, _ = recovered_paths(directory)
+    for path in reversed(paths):
         try:
-            restore_checkpoint(manager.checkpoint, path)
+            restore_checkpoint(checkpoint, path)
         # A truncated .data file raises IndexError ("Read less bytes than requested"), a corrupted one OpError.
         except (tf.errors.OpError, AssertionError, ValueError, IndexError) as e:
             logging.warning("Skipping unreadable checkpoint %s (%s: %s); trying the previous one.",
@@ -107,10 +120,127 @@ def restore_latest(manager: tf.train.CheckpointManager) -> str | None:
             continue
         logging.info("Restored %s.", path)
         return path
-    if manager.checkpoints:
-        raise CheckpointError(f"none of the checkpoints in {manager.directory} could be read: "
-                              f"{manager.checkpoints}. Move them away to start over.")
+    if paths:
+        raise CheckpointError(f"none of the checkpoints in {directory} could be read: {paths}. Move them away "
+                              "to start over.")
     return None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Recovery of a checkpoint folder after a crash or a damaged disk.
+
+INDEX_FILE = "checkpoint"  # tf.train.CheckpointManager's index of the folder (a text CheckpointState proto)
+_CKPT_FILE = re.compile(r"^ckpt-(\d+)\.(index|data-(\d{5})-of-(\d{5}))$")
+
+
+def index_path(directory: str) -> str:
+    """The checkpoint folder's index file."""
+    return os.path.join(directory, INDEX_FILE)
+
+
+def checkpoint_step(path: str) -> int:
+    """N of a `.../ckpt-N` prefix."""
+    return int(path.rsplit("-", 1)[1])
+
+
+def read_index(directory: str) -> tuple[list[str] | None, str]:
+    """The checkpoint prefixes the index lists (oldest first), or None with why: missing, unreadable or empty."""
+    path = index_path(directory)
+    if not os.path.exists(path):
+        return None, f"the index {path} is missing"
+    try:
+        with open(path) as f:
+            state = text_format.Parse(f.read(), checkpoint_management.CheckpointState())
+    except (OSError, UnicodeDecodeError, text_format.ParseError) as e:
+        return None, f"the index {path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    names = list(state.all_model_checkpoint_paths)
+    if state.model_checkpoint_path and state.model_checkpoint_path not in names:
+        names.append(state.model_checkpoint_path)
+    if not names:
+        return None, f"the index {path} lists no checkpoint"
+    return [name if os.path.isabs(name) else os.path.join(directory, name) for name in names], ""
+
+
+def _files_by_step(directory: str) -> dict[int, list[str]]:
+    """The ckpt-N.index / ckpt-N.data-* file names in `directory`, by N."""
+    found: dict[int, list[str]] = {}
+    for name in os.listdir(directory) if os.path.isdir(directory) else []:
+        match = _CKPT_FILE.match(name)
+        if match:
+            found.setdefault(int(match.group(1)), []).append(name)
+    return found
+
+
+def is_readable(prefix: str) -> bool:
+    """Whether checkpoint `prefix` is complete on disk: an index TensorFlow can read and every data shard it names.
+
+    A truncated data shard still passes (only restoring reads it); `restore_latest` skips such a checkpoint.
+    """
+    names = set(os.listdir(os.path.dirname(prefix))) if os.path.isdir(os.path.dirname(prefix)) else set()
+    base = os.path.basename(prefix)
+    shards = [re.match(r"^.*\.data-(\d{5})-of-(\d{5})$", n) for n in names if n.startswith(base + ".data-")]
+    shards = [m for m in shards if m]
+    if f"{base}.index" not in names or not shards:
+        return False
+    total = int(shards[0].group(2))
+    if {int(m.group(1)) for m in shards if int(m.group(2)) == total} != set(range(total)):
+        return False
+    try:
+        tf.train.list_variables(prefix)
+    except (tf.errors.OpError, ValueError, IndexError):
+        return False
+    return True
+
+
+def recovered_paths(directory: str) -> tuple[list[str], str]:
+    """The checkpoints to restore from, oldest first, and what was recovered ('' when the index was right).
+
+    The index's list, plus any readable checkpoint newer than its newest readable one (saved just before a
+    crash, before the index was rewritten); every readable checkpoint when the index is missing, unreadable,
+    or lists none that can be read.
+    """
+    listed, why = read_index(directory)
+    readable = [os.path.join(directory, f"ckpt-{step}") for step in sorted(_files_by_step(directory))
+                if is_readable(os.path.join(directory, f"ckpt-{step}"))]
+    usable = [path for path in (listed or []) if path in readable]
+    if not usable:
+        if not readable:
+            return listed or [], ""
+        return readable, (why or f"the index {index_path(directory)} lists no readable checkpoint "
+                                 f"({[os.path.basename(p) for p in listed or []]})")
+    newest = max(checkpoint_step(path) for path in usable)
+    newer = [path for path in readable if checkpoint_step(path) > newest and path not in listed]
+    if not newer:
+        return listed, ""
+    return listed + newer, (f"the index {index_path(directory)} does not list {[os.path.basename(p) for p in newer]}"
+                            ", written just before the previous run stopped")
+
+
+def write_index(directory: str, paths: list[str]) -> None:
+    """Rewrite the folder's index atomically to list `paths` (oldest first), the last one as the latest."""
+    names = [os.path.relpath(path, directory) for path in paths]
+    # CheckpointManager manages (and so keeps only the newest keep_checkpoints of) the paths whose timestamp is
+    # after last_preserved_timestamp; those without one it keeps forever. The files' times are the save times.
+    times = [os.path.getmtime(path + ".index") if os.path.exists(path + ".index") else time.time() for path in paths]
+    lines = ([f"model_checkpoint_path: {json.dumps(names[-1])}"]
+             + [f"all_model_checkpoint_paths: {json.dumps(name)}" for name in names]
+             + [f"all_model_checkpoint_timestamps: {t!r}" for t in times]
+             + [f"last_preserved_timestamp: {min(times) - 1.0!r}"])
+    with atomic_write(index_path(directory)) as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def recover(model_dir: str) -> None:
+    """Before a run resumes: repair the checkpoint index, then delete what interrupted saves left (see the
+    module docstring); one warning for each thing done. Only the chief calls it: it writes."""
+    directory = os.path.join(model_dir, CHECKPOINT_SUBDIR)
+    paths, what = recovered_paths(directory)
+    if what:
+        write_index(directory, paths)
+        logging.warning("Recovered the checkpoint index: %s. Rewrote it to list %s (newest %s); nothing was "
+                        "deleted.", what, [os.path.basename(p) for p in paths], os.path.basename(paths[-1]))
+    remove_interrupted_writes(directory)
+    remove_stale_temp_files(model_dir)
 
 
 def config_path(model_dir: str) -> str:
@@ -147,7 +277,7 @@ def load_run(model_dir: str, g_ema: bool | None = None) -> tuple[Config, DCGAN]:
     # Outside training the global Keras policy is float32, so build_gan makes float32 networks; it reads
     # config.mixed_precision only to wrap the optimizers as training did.
     gan = build_gan(config)
-    path = restore_latest(make_manager(gan, model_dir, config.keep_checkpoints))
+    path = restore_latest(make_checkpoint(gan), os.path.join(model_dir, CHECKPOINT_SUBDIR))
     if path is None:
         raise CheckpointError(f"{model_dir} has no checkpoint yet under {CHECKPOINT_SUBDIR}/")
     if gan.use_ema and "generator_ema" not in saved_parts(path):
@@ -171,7 +301,7 @@ def save_checkpoint(manager: tf.train.CheckpointManager, step: int) -> str:
         return manager.save(checkpoint_number=step)
     except (OSError, tf.errors.OpError) as e:
         # TF maps ENOSPC to ResourceExhaustedError "...; No space left on device" and leaves ckpt-N_temp/.
-        remove_interrupted_writes(manager)
+        remove_interrupted_writes(manager.directory)
         raise CheckpointError(f"could not write the checkpoint of step {step} to {manager.directory} "
                               f"({describe(e)}); {describe_latest(manager)}. Free disk space (or use a "
                               "--model_dir on another disk) and re-run the same command to resume.") from e
@@ -204,37 +334,41 @@ def describe_latest(manager: tf.train.CheckpointManager) -> str:
     return f"checkpoint {latest} is intact and stays the latest"
 
 
-def _listed_prefixes(manager: tf.train.CheckpointManager) -> set[str]:
-    """Basenames (ckpt-N) of the checkpoints the manager's index lists."""
-    return {os.path.basename(path) for path in manager.checkpoints}
+def is_interrupted_write(name: str) -> bool:
+    """Whether a file name in the checkpoint folder is a temporary of a save that never completed."""
+    # The index's own atomic-write temporaries (TensorFlow's and ours); ckpt-N_temp/ holds shards before the
+    # merge; *.tempstateNNN are TensorFlow's temporaries of one file.
+    return bool(re.match(r"^checkpoint\.tmp", name) or re.match(r"^ckpt-\d+_temp", name) or "tempstate" in name)
 
 
-def is_interrupted_write(name: str, listed: set[str]) -> bool:
-    """Whether a file name in the checkpoint folder is a leftover of a save that never completed."""
-    if re.match(r"^checkpoint\.tmp[0-9a-f]+$", name):  # the index's own atomic-write temporary
-        return True
-    match = re.match(r"^(ckpt-\d+)(_temp.*|\.index.*|\.data-.*)$", name)
-    if match is None:
-        return False
-    # ckpt-N_temp/ holds shards before the merge; *.tempstateNNN are TF's temporaries of one file;
-    # complete ckpt-N.* files that the index never listed were written just before a crash.
-    return match.group(2).startswith("_temp") or "tempstate" in name or match.group(1) not in listed
+def remove_interrupted_writes(directory: str) -> list[str]:
+    """Delete what interrupted saves provably left in the checkpoint folder; the paths removed.
 
-
-def remove_interrupted_writes(manager: tf.train.CheckpointManager) -> list[str]:
-    """Delete what interrupted saves left in the checkpoint folder (never a listed checkpoint); the paths removed."""
-    listed = _listed_prefixes(manager)
-    removed = []
-    for path in sorted(glob.glob(os.path.join(manager.directory, "*"))):
-        if not is_interrupted_write(os.path.basename(path), listed):
-            continue
+    That is temporaries, and the files of a checkpoint that cannot be read and is newer than every readable one
+    (a save killed during its merge). A readable checkpoint, or an unreadable one older than the newest
+    readable, is never deleted (the latter may be disk damage to look at: it is named in a warning).
+    """
+    names = sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+    removed = [os.path.join(directory, name) for name in names if is_interrupted_write(name)]
+    listed = {checkpoint_step(path) for path in read_index(directory)[0] or []}
+    by_step = _files_by_step(directory)
+    readable = {step for step in by_step if is_readable(os.path.join(directory, f"ckpt-{step}"))}
+    unreadable = sorted(set(by_step) - readable)
+    partial = [step for step in unreadable if step > max(readable, default=-1)]
+    removed += [os.path.join(directory, name) for step in partial for name in sorted(by_step[step])]
+    for path in removed:
         if os.path.isdir(path):
             shutil.rmtree(path, ignore_errors=True)
         else:
             os.remove(path)
-        removed.append(path)
     if removed:
         logging.warning("Removed %d leftover(s) of an interrupted checkpoint write: %s", len(removed), removed)
+    # A listed one is the manager's to delete (a sweep killed half-way leaves one): it sweeps it again.
+    kept = [f"ckpt-{step}" for step in unreadable if step not in partial and step not in listed]
+    if kept:
+        logging.warning("Checkpoint(s) %s in %s cannot be read and are older than the newest readable one: left "
+                        "in place (not restored from); move them away once you have looked at them.", kept,
+                        directory)
     return removed
 
 

@@ -70,7 +70,8 @@ class Config:
     g_ema_decay: float = 0.999  # decay of G's weight EMA, warmed up as min(decay, (1+t)/(10+t)); 0 = no EMA kept
 
     # --- Speed --------------------------------------------------------------------------------------------
-    # Speed settings: "auto" is resolved per machine by dcgan_tf/fast_path.py and recorded in config.json.
+    # Speed settings: "auto" is resolved per machine by dcgan_tf/fast_path.py (train.prepare) and recorded in
+    # config.json; `compute_precision` and `use_xla` below read the result.
     jit_compile: str = "auto"  # XLA: auto (on only where measured faster; off on CPUs), true or false
     mixed_precision: str = "auto"  # auto (bfloat16/float16/float32 by hardware), none (float32), bfloat16, float16
     resolved: dict = dataclasses.field(default_factory=dict)  # not a flag: what train resolved "auto" to, and why
@@ -100,31 +101,22 @@ class Config:
         if isinstance(self.jit_compile, bool):
             self.jit_compile = jit_spelling(self.jit_compile)
 
+    # The two properties below only read fields. An `auto` that fast_path.resolve has not resolved yet (a
+    # Config made in code, outside train/bench) reads as float32 without XLA: the path every machine runs.
     @property
     def compute_precision(self) -> str:
-        """The precision the networks compute in: the request, or what `auto` resolved to (for this machine)."""
+        """The run's precision: the request, what `auto` resolved to, or "none" (float32) while unresolved."""
         if self.mixed_precision != "auto":
             return self.mixed_precision
-        if "mixed_precision" in self.resolved:
-            return self.resolved["mixed_precision"]
-        from dcgan_tf import fast_path  # imported here: it needs TensorFlow, this module does not
-
-        return fast_path.choose_precision(fast_path.gpu_capabilities(), fast_path.cpu_flags()).value
+        return self.resolved.get("mixed_precision", "none")
 
     @property
     def use_xla(self) -> bool:
-        """Whether the train step is XLA-compiled: the request, or what `auto` resolved to."""
-        from dcgan_tf import fast_path
-
+        """Whether the train step is XLA-compiled: the request, what `auto` resolved to, or False while unresolved."""
         requested = normalise_jit(self.jit_compile)
         if requested != "auto":
             return requested == "true"
-        if "jit_compile" in self.resolved:
-            return bool(self.resolved["jit_compile"])
-        import tensorflow as tf
-
-        mirrored = fast_path.is_mirrored_over_cpus(tf.distribute.get_strategy())
-        return fast_path.choose_jit(fast_path.gpu_capabilities(), mirrored).value == "true"
+        return bool(self.resolved.get("jit_compile", False))
 
     def to_dict(self) -> dict[str, Any]:
         """Return the config as a plain dict."""
@@ -145,9 +137,19 @@ class Config:
 
     @classmethod
     def from_json_file(cls, path: str) -> "Config":
-        """Read a config written by `save`."""
-        with open(path) as f:
-            return cls.from_dict(json.load(f))
+        """Read a config written by `save`; ConfigError naming the file and the fix if it is damaged."""
+        try:
+            with open(path) as f:
+                values = json.load(f)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ConfigError(
+                f"{path} is damaged ({type(e).__name__}: {e}). It is the saved config of the run: restore it from "
+                "a copy, or delete it and re-run the same training command, which writes it again from the flags "
+                "(the checkpoints are kept; the flags must describe the same network)") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path} holds a JSON {type(values).__name__}, not a config object: restore it from "
+                              "a copy, or delete it and re-run the same training command to write it again")
+        return cls.from_dict(values)
 
     def replace(self, **changes: Any) -> "Config":
         """Return a copy with some fields changed."""
@@ -192,6 +194,9 @@ def validate(config: Config) -> None:
     checks = [
         (is_power_of_two(config.image_size) and config.image_size >= 16,
          f"image_size={config.image_size} must be a power of two >= 16 (16, 32, 64, 128, ...)"),
+        (config.image_size <= MAX_IMAGE_SIZE,
+         f"image_size={config.image_size} is above {MAX_IMAGE_SIZE}, the largest these networks are built for "
+         "(the paper: 64)"),
         (config.channels in (0, 1, 3), f"channels={config.channels} must be 0 (dataset's own), 1 or 3"),
         (config.nz > 0, f"nz={config.nz} must be positive (paper: 100)"),
         (config.ngf > 0 and config.ndf > 0, f"ngf={config.ngf} and ndf={config.ndf} must be positive"),
@@ -228,8 +233,26 @@ def validate(config: Config) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    check_network_size(config)
     validate_dataset_name(config.dataset)
     parse_profile_steps(config.profile_steps)
+
+
+# Bounds on the networks' size, checked before anything is built: past them a run fails minutes later with an
+# out-of-memory error (G's widest layer has 16 * w * w/2 weights for w maps at 4x4: 134M at w = 4096).
+MAX_IMAGE_SIZE = 1024
+MAX_MAPS_AT_4X4 = 4096
+
+
+def check_network_size(config: Config) -> None:
+    """Refuse networks too large to build: widest layer = width * image_size / 8 maps at 4x4 (paper: 128 * 8)."""
+    for flag, width in (("ngf", config.ngf), ("ndf", config.ndf)):
+        maps = width * config.image_size // 8  # the rule of models.generator_widths / discriminator_widths
+        if maps > MAX_MAPS_AT_4X4:
+            raise ConfigError(
+                f"{flag}={width} at image_size={config.image_size} gives a 4x4 layer of {maps} maps (at most "
+                f"{MAX_MAPS_AT_4X4}: its weights alone would need {16 * maps * maps // 2 * 4 / 2**30:.1f} GiB); use "
+                f"--{flag}<={MAX_MAPS_AT_4X4 * 8 // config.image_size} at this size (the paper: 128 at 64x64)")
 
 
 def parse_profile_steps(text: str) -> tuple[int, int] | None:

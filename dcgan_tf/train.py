@@ -144,6 +144,8 @@ def train(config: Config) -> DCGAN:
     chief = distribute.is_chief(strategy)
     config, source, end = prepare(config, writes_outputs=chief, strategy=strategy)
     gan = build_in_scope(config, strategy)
+    if chief:  # before the manager reads the index: repair it, clear what a killed run left half-written
+        checkpointing.recover(config.model_dir)
     run_manager = checkpointing.make_manager(gan, config.model_dir, config.keep_checkpoints)
     start = restore(config, gan, run_manager, chief)
     distribute.check_workers_agree(strategy, start)
@@ -188,12 +190,9 @@ def export_final(gan: DCGAN, config: Config, step: int) -> None:
 def restore(config: Config, gan: DCGAN, manager: tf.train.CheckpointManager, chief: bool) -> int:
     """Restore the run's newest readable checkpoint (every worker reads model_dir); the step to start from.
 
-    The chief first clears what a killed run left half-written, then records the resolved config.
+    The chief then records the resolved config.
     """
-    if chief:
-        checkpointing.remove_interrupted_writes(manager)
-        checkpointing.remove_stale_temp_files(config.model_dir)
-    checkpointing.restore_latest(manager)
+    checkpointing.restore_latest(manager.checkpoint, manager.directory)
     if chief:
         checkpointing.save_config(config)
     return int(gan.step.numpy())

@@ -149,7 +149,20 @@ def test_non_finite_weights_are_never_checkpointed(tiny_config, tmp_path):
     assert manager.latest_checkpoint.endswith("ckpt-1") and len(manager.checkpoints) == 1
 
 
-def test_stop_signal_asks_once_then_acts_and_restores_handlers():
+@pytest.fixture
+def sigint_handler():
+    """Set SIGINT's handler for a test, whatever the process inherited, and put the inherited one back after.
+
+    A shell starts background jobs (`pytest &`, nohup, many schedulers) with SIGINT ignored, so a test of Ctrl-C
+    behaviour sets the handler it relies on instead of assuming Python's default.
+    """
+    inherited = signal.getsignal(signal.SIGINT)
+    yield lambda handler: signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGINT, inherited)
+
+
+def test_stop_signal_asks_once_then_acts_and_restores_handlers(sigint_handler):
+    sigint_handler(signal.default_int_handler)  # Python's own: Ctrl-C raises KeyboardInterrupt
     before = signal.getsignal(signal.SIGINT)
     with callbacks.StopSignal() as stop:
         signal.raise_signal(signal.SIGINT)
@@ -157,6 +170,15 @@ def test_stop_signal_asks_once_then_acts_and_restores_handlers():
         with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C gets the usual behaviour at once
             signal.raise_signal(signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_stop_signal_in_a_background_job_keeps_sigint_ignored_after_the_first(sigint_handler):
+    sigint_handler(signal.SIG_IGN)  # as `cmd &` starts a job: the second SIGINT gets that behaviour, ignored
+    with callbacks.StopSignal() as stop:
+        signal.raise_signal(signal.SIGINT)
+        assert stop.received == "SIGINT"
+        signal.raise_signal(signal.SIGINT)  # ignored, as it was before training: no KeyboardInterrupt
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 
 def all_weights(gan):
