@@ -24,7 +24,6 @@ if __name__ == "__main__":  # a CLI run: hide TensorFlow's start-up chatter befo
 import dataclasses
 import json
 import os
-import re
 import sys
 from typing import Callable
 
@@ -32,7 +31,7 @@ import keras
 import numpy as np
 from absl import app, flags, logging
 
-from dcgan_tf import checkpointing, input_pipeline
+from dcgan_tf import checkpointing, cli, input_pipeline
 from dcgan_tf.config import Config, ConfigError
 from dcgan_tf.evaluation.data import load_real_images
 from dcgan_tf.experiments import ablation, dviz, figures, latent, memorization, sources
@@ -88,13 +87,7 @@ class Options:
     bits: int = memorization.HASH_BITS  # dedup: code length (paper: 128)
 
 
-LIST_FIELDS = ("a", "b", "c", "from_", "to", "filters")
 ENUM_FIELDS = {"z_dist": ["uniform", "normal"], "method": ["linear", "spherical"], "penalty": ["l1", "l2"]}
-
-
-def flag_name(field: str) -> str:
-    """The --flag of an Options field (`from_` is --from)."""
-    return field.rstrip("_")
 
 
 class ExploreError(RuntimeError):
@@ -169,7 +162,7 @@ def required(opts: Options, field: str) -> list[int]:
     """A list option that the subcommand cannot do without."""
     values = getattr(opts, field)
     if not values:
-        raise ExploreError(f"--{flag_name(field)}=i,j,k is required (indices from the sheet)")
+        raise ExploreError(f"--{cli.flag_name(field)}=i,j,k is required (indices from the sheet)")
     return list(values)
 
 
@@ -363,48 +356,14 @@ def run(subcommand: str, opts: Options) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Command line: one flag per Options field, its help text the field's comment above.
+# Command line: one flag per Options field, its help text the field's comment above (see dcgan_tf/cli.py).
 
-
-def field_help() -> dict[str, str]:
-    """Each Options field's trailing comment, used as its flag's help."""
-    import inspect
-
-    return dict(re.findall(r"^\s+(\w+): [^=]+= .*?#\s*(.*)$", inspect.getsource(Options), flags=re.MULTILINE))
+FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
     """Define one absl flag per Options field."""
-    helps = field_help()
-    for field in dataclasses.fields(Options):
-        name, default, text = flag_name(field.name), field.default, helps.get(field.name, field.name)
-        if field.name in LIST_FIELDS:
-            flags.DEFINE_list(name, None, text)
-        elif field.name in ENUM_FIELDS:
-            flags.DEFINE_enum(name, default, ENUM_FIELDS[field.name], text)
-        elif field.type == "bool | None":
-            flags.DEFINE_bool(name, default, text)
-        elif isinstance(default, float):
-            flags.DEFINE_float(name, default, text)
-        elif isinstance(default, int) or field.type in ("int | None",):
-            flags.DEFINE_integer(name, default, text)
-        else:
-            flags.DEFINE_string(name, default, text)
-
-
-def options_from_flags() -> Options:
-    """The Options given on the command line (list flags parsed as integers)."""
-    values = {}
-    for field in dataclasses.fields(Options):
-        name = flag_name(field.name)
-        value = flags.FLAGS[name].value
-        if field.name in LIST_FIELDS and value is not None:
-            try:
-                value = [int(v) for v in value]
-            except ValueError:
-                raise ExploreError(f"--{name}={','.join(value)} must be comma-separated integers") from None
-        values[field.name] = value
-    return Options(**values)
+    cli.define_flags(Options, choices=ENUM_FIELDS)
 
 
 def main(argv: list[str]) -> None:
@@ -415,7 +374,7 @@ def main(argv: list[str]) -> None:
     if len(argv) != 2:
         raise app.UsageError(f"give one subcommand ({', '.join(SUBCOMMANDS)}) and --flags; got {argv[1:]}")
     try:
-        summary = run(argv[1], options_from_flags())
+        summary = run(argv[1], cli.read_flags(Options, FLAGS))
     except (ExploreError, sources.SourceError, checkpointing.CheckpointError, input_pipeline.DatasetError,
             ConfigError, ValueError) as e:
         logging.error("%s", e)

@@ -12,9 +12,7 @@ if __name__ == "__main__":  # a CLI run: hide TensorFlow's start-up chatter befo
 
     startup.quiet_start()
 
-import dataclasses
 import os
-import re
 import sys
 
 import keras
@@ -22,7 +20,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from dcgan_tf import callbacks as callbacks_lib
-from dcgan_tf import checkpointing, custom_loop, distribute, input_pipeline
+from dcgan_tf import checkpointing, cli, custom_loop, distribute, input_pipeline
 from dcgan_tf import config as config_lib
 from dcgan_tf import export, fast_path
 from dcgan_tf.config import Config, ConfigError
@@ -212,44 +210,20 @@ def run_steps(config: Config, gan: DCGAN, strategy: tf.distribute.Strategy, sour
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Command line: one flag per Config field, its help text the field's comment in config.py.
+# Command line: one flag per Config field, its help text the field's comment in config.py (see dcgan_tf/cli.py).
 
-
-def field_help() -> dict[str, str]:
-    """Each Config field's trailing comment in config.py, used as its flag's help."""
-    import inspect
-
-    source = inspect.getsource(Config)
-    return dict(re.findall(r"^\s+(\w+): [^=]+= .*?#\s*(.*)$", source, flags=re.MULTILINE))
+FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
     """Define one absl flag per Config field, with the field's default."""
-    helps = field_help()
-    for field in dataclasses.fields(Config):
-        if field.name in config_lib.NOT_FLAGS:
-            continue
-        default, text = field.default, helps.get(field.name, field.name)
-        if isinstance(default, bool):
-            flags.DEFINE_bool(field.name, default, text)
-        elif isinstance(default, int):
-            flags.DEFINE_integer(field.name, default, text)
-        elif isinstance(default, float):
-            flags.DEFINE_float(field.name, default, text)
-        else:
-            flags.DEFINE_string(field.name, default, text)
-
-
-def config_from_flags() -> Config:
-    """The Config given on the command line."""
-    return Config(**{f.name: flags.FLAGS[f.name].value for f in dataclasses.fields(Config)
-                     if f.name not in config_lib.NOT_FLAGS})
+    cli.define_config_flags()
 
 
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, with a message that says where a bad flag may come from (a flagfile) and the fix."""
     try:
-        return flags.FLAGS(argv)
+        return FLAGS(argv)
     except flags.Error as e:
         flagfiles = [arg.split("=", 1)[1] for arg in argv if arg.startswith("--flagfile=")]
         where = f"the command line or the flagfile {', '.join(flagfiles)}" if flagfiles else "the command line"
@@ -263,7 +237,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}: every setting is a --flag (see --helpfull)")
     try:
-        train(config_from_flags())
+        train(cli.config_from_flags(FLAGS))
     except (ConfigError, input_pipeline.DatasetError, checkpointing.CheckpointError,
             callbacks_lib.DivergenceError, export.ExportError, EvaluationError) as e:
         sys.exit(f"error: {e}")
