@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from dcgan_tf import callbacks, checkpointing, train
+from dcgan_tf import config as config_lib
 from dcgan_tf.config import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -84,3 +85,17 @@ def test_broken_tf_config_is_a_clear_error_before_waiting_for_peers(tiny_config,
     monkeypatch.setenv("TF_CONFIG", tf_config)
     with pytest.raises(ConfigError, match=message):
         train.train(tiny_config.replace(strategy="multi_worker"))
+
+
+def test_networks_too_large_to_build_are_refused_before_any_work(tiny_config):
+    # Before this check, image_size=1048576 passed validation and died after 21 s with ResourceExhaustedError.
+    with pytest.raises(ConfigError, match=r"image_size=1048576 is above 1024, the largest these networks are built"):
+        train.train(tiny_config.replace(image_size=2**20))
+    with pytest.raises(ConfigError, match=r"ngf=1024 at image_size=64 gives a 4x4 layer of 8192 maps \(at most 4096: "
+                                          r"its weights alone would need 2\.0 GiB\); use --ngf<=512 at this size"):
+        train.train(tiny_config.replace(image_size=64, ngf=1024))
+    with pytest.raises(ConfigError, match=r"ndf=64 at image_size=1024 gives a 4x4 layer of 8192 maps"):
+        train.train(tiny_config.replace(image_size=1024, ngf=32, ndf=64))
+    assert not os.path.exists(tiny_config.model_dir)  # refused before anything was written
+    config_lib.validate(tiny_config.replace(image_size=64, ngf=512, ndf=512))  # the largest allowed: accepted
+    config_lib.validate(tiny_config.replace(image_size=1024, ngf=32, ndf=32))
