@@ -42,9 +42,12 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from dcgan_tf import flops as flops_lib
-from dcgan_tf import input_pipeline, models
+from dcgan_tf import input_pipeline, kernels, models
 from dcgan_tf.config import Config, validate
-from dcgan_tf.models import build_discriminator, build_gan, build_generator
+from dcgan_tf.gan import build_gan
+from dcgan_tf.models import build_discriminator, build_generator
+
+SERVING_DEFAULT = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
 
 RANDOM = "random"  # --dataset value: one fixed random batch, so only the train step is measured
 COMMANDS = ("train", "input", "sample", "flops", "compare", "layers")
@@ -93,17 +96,6 @@ def matmul_dtype(config: Config) -> tf.DType:
     return {"none": tf.float32, "bfloat16": tf.bfloat16, "float16": tf.float16}[config.compute_precision]
 
 
-def _with_precision(config: Config, build: Callable[[], Any]) -> Any:
-    """Build networks under the config's mixed-precision policy (as train.py does), then restore float32."""
-    from dcgan_tf.train import set_precision  # one mapping of the flag to a Keras policy, owned by train.py
-
-    set_precision(config)
-    try:
-        return build()
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
-
-
 def _channels(config: Config) -> Config:
     """The config with a concrete channel count (3 for random data, else the dataset's own)."""
     if config.dataset == RANDOM:
@@ -131,7 +123,7 @@ def bench_train(
 ) -> dict[str, Any]:
     """Training images/s of fit()'s own train function (the step, plus the input pipeline unless random)."""
     config = _resolved(_channels(config))
-    gan = _with_precision(config, lambda: build_gan(config))
+    gan = build_gan(config, precision=config.compute_precision)  # in the step's precision, as train.py builds it
     if steps_per_execution > 1:
         # Keras reads it when it builds the train function: that many steps per call, in one tf.function.
         gan.steps_per_execution = steps_per_execution
@@ -239,7 +231,7 @@ def bench_sample(config: Config, model_dir: str | None = None, grpc: bool = Fals
         # Speed does not depend on the BatchNorm statistics: skip their re-estimation (minutes at paper size).
         version_dir = export.export_generator(generator, config, base, version=1, bn_samples=0,
                                               max_images=max(batch, export.DEFAULT_MAX_IMAGES))
-        serve = tf.saved_model.load(version_dir).signatures["serving_default"]
+        serve = tf.saved_model.load(version_dir).signatures[SERVING_DEFAULT]
         results.append({**settings, "path": "saved_model",
                         **_latency_stats(lambda: serve(z=tf.constant(z1))["images"].numpy(), repeats),
                         "img_per_s": _throughput(lambda: serve(z=tf.constant(zb))["images"].numpy(), batch,
@@ -267,8 +259,8 @@ def _bench_session(version_dir: str, z1: np.ndarray, zb: np.ndarray, batch: int,
     from serving import versions
 
     loaded = versions.load_version("dcgan", 1, version_dir)
-    stats = _latency_stats(lambda: loaded.run_session("serving_default", {"z": z1})["images"], repeats)
-    return {**stats, "img_per_s": _throughput(lambda: loaded.run_session("serving_default", {"z": zb})["images"],
+    stats = _latency_stats(lambda: loaded.run_session(SERVING_DEFAULT, {"z": z1})["images"], repeats)
+    return {**stats, "img_per_s": _throughput(lambda: loaded.run_session(SERVING_DEFAULT, {"z": zb})["images"],
                                               batch, windows)}
 
 
@@ -335,7 +327,7 @@ def _bench_concurrent(base: str, nz: int, clients: int, requests_per_client: int
         wall = time.perf_counter() - start
         server.stop(grace=None)
     # Rows per merged run of serving_default (the warm-up's one run of one row included).
-    stats = core.models["dcgan"].current.batching_stats().get("serving_default", {"runs": 0, "rows": 0})
+    stats = core.models["dcgan"].current.batching_stats().get(SERVING_DEFAULT, {"runs": 0, "rows": 0})
     ms = np.array(latencies or [float("nan")]) * 1e3
     return {"path": "grpc_concurrent_batched" if batching is not None else "grpc_concurrent_unbatched",
             "clients": clients, "requests": len(latencies), "errors": len(errors),
@@ -392,12 +384,12 @@ def _native_deconv(inputs: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
 
 def bench_layers(config: Config, windows: int = 3, repeats: int = 5) -> Iterator[dict[str, Any]]:
     """Each paper conv layer's forward + input gradient + kernel gradient, by TensorFlow's conv kernels and by
-    models.conv_by_matmul / deconv_by_matmul, in the step's precision: which the model uses where, and why."""
+    kernels.conv_by_matmul / deconv_by_matmul, in the step's precision: which the model uses where, and why."""
     config = _resolved(config)
     dtype, batch = matmul_dtype(config), config.batch_size
     implementations = {"conv": {"onednn": lambda x, k: tf.nn.conv2d(x, k, 2, "SAME"),
-                                "matmul": models.conv_by_matmul},
-                       "deconv": {"onednn": _native_deconv, "matmul": models.deconv_by_matmul}}
+                                "matmul": kernels.conv_by_matmul},
+                       "deconv": {"onednn": _native_deconv, "matmul": kernels.deconv_by_matmul}}
     for kind, size, c_in, c_out in _layer_shapes(config):
         small = size // 2 if kind == "conv" else size
         large = 2 * small
@@ -416,7 +408,7 @@ def bench_layers(config: Config, windows: int = 3, repeats: int = 5) -> Iterator
             yield {"bench": "layers", **_settings(config), "layer": f"{kind} {large}x{large}<->{small}x{small} "
                    f"{c_in}->{c_out}", "implementation": name, "gflop": float(f"{gflop:.6g}"),
                    "ms": round(seconds * 1e3, 2), "gflop_per_s": round(gflop / seconds, 1),
-                   "used_by_model": (name == "matmul") == models.uses_matmul_conv(small)}
+                   "used_by_model": (name == "matmul") == kernels.uses_matmul_conv(small)}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -555,7 +547,8 @@ def _comparison_lines(config: Config, names: list[str], rates: dict[str, list[fl
 
 
 def _settings(config: Config) -> dict[str, Any]:
-    """The settings that define a measurement, for its JSON line."""
+    """The settings that define a measurement, for its JSON line (with what `auto` resolves to here)."""
+    config = _resolved(config)
     keys = ("dataset", "image_size", "channels", "ngf", "ndf", "nz", "batch_size", "jit_compile", "mixed_precision")
     resolved = {"precision": config.compute_precision, "xla": config.use_xla}  # what `auto` became here
     return {**{k: getattr(config, k) for k in keys}, **resolved, "machine": machine()}

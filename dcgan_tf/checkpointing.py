@@ -261,7 +261,7 @@ def load_run(model_dir: str, g_ema: bool | None = None) -> tuple[Config, DCGAN]:
     (a LossScaleOptimizer under float16), so every value of the checkpoint finds its variable. `g_ema` picks
     the generator of the outputs (`gan.output_generator`): None = the run's own choice.
     """
-    from dcgan_tf.models import build_gan
+    from dcgan_tf.gan import build_gan
 
     config = read_run_config(model_dir)
     if config is None:

@@ -1,4 +1,5 @@
-"""The training loop for MultiWorkerMirroredStrategy, which Keras 3 `fit()` cannot drive (PITFALLS 7).
+"""The training loop for MultiWorkerMirroredStrategy, which Keras 3 `fit()` cannot drive (it fails converting
+a PerReplica value: keras#20585, tensorflow#72388).
 
 It is `fit()` reduced to what a DCGAN run needs, with nothing of the step copied: each call runs the model's
 own `train_step` under `strategy.run` on this worker's shard of the data

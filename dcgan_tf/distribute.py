@@ -68,7 +68,7 @@ def new_mirrored_strategy(devices: list[str]) -> tf.distribute.MirroredStrategy:
 
 
 def make_multi_worker_strategy() -> tf.distribute.MultiWorkerMirroredStrategy:
-    """MultiWorkerMirroredStrategy over the cluster in TF_CONFIG (fit() cannot drive it: PITFALLS 7).
+    """MultiWorkerMirroredStrategy over the cluster in TF_CONFIG (Keras 3's fit() cannot drive it: keras#20585).
 
     It must be the process's first TensorFlow work: it configures collective ops, which is impossible once the
     runtime has started (even listing devices starts it). It waits until every worker in TF_CONFIG is up.
@@ -91,7 +91,8 @@ def check_batch_split(config: Config, strategy: tf.distribute.Strategy) -> None:
 
 
 def check_jit_compile(config: Config, strategy: tf.distribute.Strategy) -> None:
-    """--jit_compile under a MirroredStrategy over several CPU devices fails in XLA (PITFALLS 6): say so first."""
+    """--jit_compile under a MirroredStrategy over several CPU devices fails in XLA (it cannot read one CPU
+    device's variables from another): say so first."""
     # Only an explicit request: `auto` already stays off under a mirrored strategy over CPUs (fast_path.choose_jit).
     if normalise_jit(config.jit_compile) != "true" or strategy.num_replicas_in_sync == 1:
         return
@@ -134,7 +135,7 @@ def check_tf_config(tf_config: dict | None) -> None:
 
 
 def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
-    """True for MultiWorkerMirroredStrategy, which Keras 3 fit() cannot drive (PITFALLS 7)."""
+    """True for MultiWorkerMirroredStrategy, which Keras 3 fit() cannot drive (keras#20585, tensorflow#72388)."""
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
 

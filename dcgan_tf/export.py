@@ -34,24 +34,24 @@ if __name__ == "__main__":  # a CLI run: hide TensorFlow's start-up chatter befo
 
     startup.quiet_start()
 
-import contextlib
 import json
 import math
 import os
 import shutil
 import sys
-from typing import Any, Iterator
+from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
+from dcgan_tf import images as images_lib
 from dcgan_tf.config import Config
 from dcgan_tf.gan import sample_latent
 from dcgan_tf.models import build_generator
 
-DEFAULT_SIGNATURE = "serving_default"
+DEFAULT_SIGNATURE = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY  # "serving_default"
 SAMPLE_SIGNATURE = "sample"
 SEEDS_SIGNATURE = "sample_seeds"
 SIGNATURES = (DEFAULT_SIGNATURE, SAMPLE_SIGNATURE, SEEDS_SIGNATURE)
@@ -69,11 +69,6 @@ _BN_SEED_WORD = 0x5EED
 
 class ExportError(RuntimeError):
     """The export cannot be written; the message names the fix."""
-
-
-def _to_uint8(images: tf.Tensor) -> tf.Tensor:
-    """float [-1, 1] -> uint8 [0, 255], rounding exactly like dcgan_tf.images.to_uint8 (so PNGs match)."""
-    return tf.cast(tf.clip_by_value(tf.round((images + 1.0) * 127.5), 0.0, 255.0), tf.uint8)
 
 
 class ServingFunctions:
@@ -97,7 +92,7 @@ class ServingFunctions:
     def _images(self, z: tf.Tensor) -> dict[str, tf.Tensor]:
         """Both image outputs for z, in inference mode."""
         images_float = tf.cast(self.generator(z, training=False), tf.float32)
-        return {"images": _to_uint8(images_float), "images_float": images_float}
+        return {"images": images_lib.uint8_tensor(images_float), "images_float": images_float}
 
     def _check_count(self, count: tf.Tensor, what: str) -> tf.Operation:
         """An in-graph INVALID_ARGUMENT when a request asks for more than max_images images."""
@@ -134,17 +129,6 @@ class ServingFunctions:
         return outputs
 
 
-@contextlib.contextmanager
-def _float32_policy() -> Iterator[None]:
-    """Build layers in float32 whatever the training's mixed-precision policy was (served math stays exact)."""
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("float32")
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
-
-
 def exported_generator(gan: Any) -> keras.Model:
     """The network a DCGAN run exports: the one place that chooses it (G's EMA unless the run says raw G)."""
     return gan.output_generator
@@ -173,8 +157,8 @@ def resolved_config(generator: keras.Model, config: Config) -> Config:
 
 def inference_copy(generator: keras.Model, config: Config) -> keras.Model:
     """A float32, non-distributed copy of the generator with the same weights (BatchNorm not synchronised)."""
-    with _float32_policy():
-        copy = build_generator(config.replace(sync_batchnorm=False, mixed_precision="none"), name="generator")
+    # float32 whatever the training computed in, so the served math is exact.
+    copy = build_generator(config, name="generator", precision="none", sync_batchnorm=False)
     copy.set_weights(generator.get_weights())
     return copy
 

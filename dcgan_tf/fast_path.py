@@ -7,7 +7,8 @@ bfloat16 on a CPU without those instructions is emulated and slower than float32
 XLA: on only where it was measured faster (docs/performance.md). On the 2-core CPUs measured, the XLA step was
 slower than TensorFlow's own oneDNN kernels in every precision, so `auto` leaves it off on CPUs; GPUs were not
 measured, so `auto` leaves it off there too (`--jit_compile=true` turns it on). It is never on under a
-MirroredStrategy over logical CPU devices, where it fails (PITFALLS 6).
+MirroredStrategy over logical CPU devices, where it fails: XLA cannot read one CPU device's variables from another
+("Trying to access resource ... on CPU:1 from CPU:0").
 
 A run records the requested and the resolved values (and why) in config.json; a resumed `auto` run keeps what
 it resolved to the first time, so its numerics (XLA draws a different noise stream) and its checkpoint's
@@ -78,14 +79,15 @@ def choose_precision(gpus: list[tuple[int, int]], flags: set[str]) -> Choice:
 def choose_jit(gpus: list[tuple[int, int]], mirrored_over_cpus: bool) -> Choice:
     """What `auto` means for XLA: off unless measured faster (nowhere yet, see the module docstring)."""
     if mirrored_over_cpus:
-        return Choice("false", "XLA fails under a MirroredStrategy over logical CPU devices (PITFALLS 6)")
+        return Choice("false", "XLA fails under a MirroredStrategy over logical CPU devices (it cannot read one "
+                               "device's variables from another)")
     if gpus:
         return Choice("false", "XLA not measured on GPUs: off (--jit_compile=true turns it on)")
     return Choice("false", "XLA measured slower than the plain step on CPUs (docs/performance.md)")
 
 
 def is_mirrored_over_cpus(strategy: tf.distribute.Strategy | None) -> bool:
-    """A strategy with several replicas on logical CPU devices (where XLA fails, PITFALLS 6)."""
+    """A strategy with several replicas on logical CPU devices (where XLA fails: see the module docstring)."""
     if strategy is None or strategy.num_replicas_in_sync <= 1:
         return False
     devices = getattr(strategy.extended, "worker_devices", ())
@@ -106,8 +108,9 @@ def resolve(config: Config, strategy: tf.distribute.Strategy | None = None, save
     jit = _resolve_one(normalise_jit(config.jit_compile), "jit_compile", saved_resolved,
                        lambda: choose_jit(gpus, is_mirrored_over_cpus(strategy)))
     if jit.value == "true" and is_mirrored_over_cpus(strategy):
-        raise ConfigError("--jit_compile=true fails under a MirroredStrategy over logical CPU devices "
-                          "(PITFALLS 6); use --jit_compile=auto or false, or --cpu_replicas=0")
+        raise ConfigError("--jit_compile=true fails under a MirroredStrategy over logical CPU devices (XLA "
+                          "cannot read one device's variables from another); use --jit_compile=auto or false, or "
+                          "--cpu_replicas=0")
     before = saved_resolved.get("mixed_precision")
     if before and (before == "float16") != (precision.value == "float16"):
         raise ConfigError(

@@ -1,4 +1,5 @@
-"""DCGAN as a keras.Model: networks passed in, two optimizers in compile(), one train_step updating D then G.
+"""DCGAN as a keras.Model: networks passed in, two optimizers in compile(), one train_step updating D then G;
+`build_gan` makes one from a Config (the paper's networks and Adam).
 
 The model owns its step counter (incremented once per train_step, whatever the optimizers do: under float16 loss
 scaling an optimizer skips the steps whose gradients overflowed) and, optionally, an exponential moving average
@@ -9,6 +10,9 @@ from __future__ import annotations
 
 import keras
 import tensorflow as tf
+
+from dcgan_tf import kernels, models
+from dcgan_tf.config import Config
 
 # Paper section 4: Adam with learning rate 0.0002 and beta1 0.5.
 PAPER_LEARNING_RATE = 2e-4
@@ -77,7 +81,8 @@ class DCGAN(keras.Model):
         self.d_real_tracker = keras.metrics.Mean(name="d_real")
         self.d_fake_tracker = keras.metrics.Mean(name="d_fake")
         # Both sub-networks are functional models built from keras.Input: nothing is left to build, and
-        # fit() under a strategy fails on an "unbuilt" subclassed model (PITFALLS 1, keras#20164).
+        # fit() under a strategy fails on an "unbuilt" subclassed model ("Unable to automatically build the
+        # model", keras#20164).
         self.built = True
 
     def compile(
@@ -90,8 +95,9 @@ class DCGAN(keras.Model):
         super().compile(**kwargs)
         self.d_optimizer = d_optimizer or keras.optimizers.Adam(PAPER_LEARNING_RATE, beta_1=PAPER_BETA1)
         self.g_optimizer = g_optimizer or keras.optimizers.Adam(PAPER_LEARNING_RATE, beta_1=PAPER_BETA1)
-        # Lazily built optimizers fail on the first step under 2 replicas (PITFALLS 2), and a checkpoint can
-        # only restore Adam's moments into built optimizers (PITFALLS 8).
+        # Built now: two lazily built optimizers fail on the first step under 2 replicas ("You must feed a value
+        # for placeholder tensor"), and a checkpoint restores Adam's moments only into built optimizers (Keras
+        # otherwise skips them: "Skipping variable loading for optimizer").
         self.d_optimizer.build(self.discriminator.trainable_variables)
         self.g_optimizer.build(self.generator.trainable_variables)
 
@@ -151,8 +157,8 @@ class DCGAN(keras.Model):
     def _replica_z(self, local_batch: tf.Tensor) -> tf.Tensor:
         """This replica's slice of the global batch's z, drawn from (seed, step).
 
-        Every replica draws the same global z and keeps its own slice: replicas get different z
-        (PITFALLS 4), N replicas see exactly the z one replica would, and the RNG state is the step counter,
+        Every replica draws the same global z and keeps its own slice: replicas get different z (keras.random
+        with one SeedGenerator drew the same z on every replica), N replicas see exactly the z one replica would, and the RNG state is the step counter,
         so a restored checkpoint continues the same noise stream.
         """
         ctx = tf.distribute.get_replica_context()
@@ -210,3 +216,39 @@ def copy_weights(source: keras.Model, target: keras.Model) -> None:
         raise ValueError(f"{target.name} and {source.name} have different architectures")
     for t, s in zip(target.weights, source.weights):
         t.assign(s)
+
+
+def build_gan(config: Config, *, precision: str = "none", sync_batchnorm: bool = False,
+              fast_kernels: bool = True) -> DCGAN:
+    """The DCGAN for `config`, compiled with the paper's Adam (config's lr, beta1, beta2).
+
+    `precision`, `sync_batchnorm` and `fast_kernels` say how the networks compute (see models.py); the caller
+    resolves them (train.build_in_scope: from the resolved config and the strategy). The optimizers follow the
+    run's own precision, `config.compute_precision`: under float16 they are wrapped for loss scaling, which the
+    checkpoint holds, so a float32 rebuild of a float16 run (checkpointing.load_run) still restores every value.
+    """
+    keras.utils.set_random_seed(config.seed)  # the same seed gives the same initial weights
+    options = dict(precision=precision, sync_batchnorm=sync_batchnorm, fast_kernels=fast_kernels)
+    with kernels.precision_policy(precision):
+        generator = models.build_generator(config, **options)
+        discriminator = models.build_discriminator(config, **options)
+        # Built after G and D, so that G and D start from the same weights with or without it (it copies G's).
+        generator_ema = (models.build_generator(config, name="generator_ema", **options)
+                         if config.g_ema_decay > 0 else None)
+        gan = DCGAN(generator, discriminator, config.nz, config.z_dist, config.seed, generator_ema=generator_ema,
+                    ema_decay=config.g_ema_decay, use_ema=config.g_ema)
+        gan.compile(
+            d_optimizer=_adam(config, fast_kernels),
+            g_optimizer=_adam(config, fast_kernels),
+            jit_compile=config.use_xla,
+        )
+    return gan
+
+
+def _adam(config: Config, fast_kernels: bool) -> keras.optimizers.Optimizer:
+    """Adam (the fused update kernel with fast kernels) with the config's settings, loss-scaled under float16."""
+    adam = kernels.FusedAdam if fast_kernels else keras.optimizers.Adam
+    optimizer = adam(config.learning_rate, beta_1=config.beta1, beta_2=config.beta2)
+    if config.compute_precision == "float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer

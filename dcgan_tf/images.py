@@ -25,9 +25,16 @@ def make_grid(images: np.ndarray, cols: int | None = None, pad: int = 2, pad_val
     return grid
 
 
+def uint8_tensor(images) -> tf.Tensor:
+    """float images in [-1, 1] -> uint8 [0, 255] as a TensorFlow op: round((x + 1) * 127.5) (half to even),
+    clipped. The one rounding of every grid, PNG and served image (exports use it inside their graph)."""
+    scaled = (tf.cast(images, tf.float32) + 1.0) * 127.5
+    return tf.cast(tf.clip_by_value(tf.round(scaled), 0.0, 255.0), tf.uint8)
+
+
 def to_uint8(images) -> np.ndarray:
-    """float images in [-1, 1] -> uint8 [0, 255] (numpy)."""
-    return np.clip(np.round((np.asarray(images, dtype=np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    """float images in [-1, 1] -> uint8 [0, 255] (numpy), as uint8_tensor rounds them."""
+    return uint8_tensor(images).numpy()
 
 
 def write_png(path: str, image: np.ndarray) -> None:

@@ -30,9 +30,9 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from dcgan_tf import bench, checkpointing, distribute, input_pipeline, train
+from dcgan_tf import bench, checkpointing, distribute, fast_path, input_pipeline, train
 from dcgan_tf.config import Config
-from dcgan_tf.models import build_gan
+from dcgan_tf.gan import build_gan
 
 FLAGS = flags.FLAGS
 
@@ -50,7 +50,7 @@ def write_folder(folder: str, num_images: int, size: int) -> int:
 
 def checkpoint_at(config: Config, step: int) -> None:
     """A run directory for `config` whose latest checkpoint is at `step` (fresh weights)."""
-    gan = build_gan(config)
+    gan = build_gan(fast_path.resolve(config))  # the optimizers train.train will resume (float16: loss-scaled)
     gan.step.assign(step)
     checkpointing.save_config(config)
     checkpointing.save_checkpoint(checkpointing.make_manager(gan, config.model_dir, 1), step)

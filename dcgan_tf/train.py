@@ -25,8 +25,7 @@ from dcgan_tf import config as config_lib
 from dcgan_tf import export, fast_path
 from dcgan_tf.config import Config, ConfigError
 from dcgan_tf.evaluation.fid import EvaluationError
-from dcgan_tf.gan import DCGAN
-from dcgan_tf.models import build_gan
+from dcgan_tf.gan import DCGAN, build_gan
 
 
 def total_steps(config: Config, source: input_pipeline.Source) -> int:
@@ -54,12 +53,11 @@ def ensure_writable(model_dir: str) -> None:
 
 def prepare(config: Config, writes_outputs: bool = True, strategy: tf.distribute.Strategy | None = None
             ) -> tuple[Config, input_pipeline.Source, int]:
-    """Validate, open the data, resolve channels, precision, XLA and the run's length; refuse to resume another
-    network.
+    """Open the data, resolve channels, precision, XLA and the run's length; refuse to resume another network.
 
-    `writes_outputs=False` (a non-chief worker, which writes to a temporary folder) skips the model_dir probe.
+    `config` is already validated (train() does it first, before making the strategy). `writes_outputs=False`
+    (a non-chief worker, which writes to a temporary folder) skips the model_dir probe.
     """
-    config_lib.validate(config)
     source = input_pipeline.make_source(config)
     config = config.replace(channels=source.channels)
     end_step = total_steps(config, source)
@@ -111,20 +109,15 @@ def make_callbacks(config: Config, gan: DCGAN, manager: tf.train.CheckpointManag
     return callbacks
 
 
-def set_precision(config: Config) -> None:
-    """Keras's global dtype policy for the networks built next (variables stay float32)."""
-    policy = {"none": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}[config.compute_precision]
-    keras.mixed_precision.set_global_policy(policy)
-
-
 def build_in_scope(config: Config, strategy: tf.distribute.Strategy) -> DCGAN:
-    """The DCGAN built under `strategy` with the config's precision policy (reset afterwards)."""
-    set_precision(config)
-    try:
-        with strategy.scope():
-            return build_gan(config)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+    """The run's DCGAN built under `strategy`, in the config's resolved precision.
+
+    BatchNorm is synchronised only where it is asked for and the strategy has several replicas: one replica
+    already normalises over the whole batch, and the unsynchronised layer keeps the fused kernel.
+    """
+    with strategy.scope():
+        return build_gan(config, precision=config.compute_precision,
+                         sync_batchnorm=config.sync_batchnorm and strategy.num_replicas_in_sync > 1)
 
 
 def train(config: Config) -> DCGAN:
@@ -198,7 +191,8 @@ def restore(config: Config, gan: DCGAN, manager: tf.train.CheckpointManager, chi
 
 def run_steps(config: Config, gan: DCGAN, strategy: tf.distribute.Strategy, source: input_pipeline.Source,
               start: int, end: int, manager: tf.train.CheckpointManager, stop: callbacks_lib.StopSignal) -> None:
-    """Steps start..end with fit(), or with the custom loop under a multi-worker strategy (PITFALLS 7)."""
+    """Steps start..end with fit(), or with the custom loop under a multi-worker strategy, which Keras 3's fit()
+    cannot drive (keras#20585)."""
     bar = callbacks_lib.progress_bar_verbose(config.verbose, sys.stdout.isatty())  # Keras's bar: terminals only
     if distribute.needs_custom_loop(strategy):
         custom_loop.train_loop(config.replace(verbose=bar), gan, strategy, source, start, end,

@@ -10,7 +10,8 @@ import pytest
 from dcgan_tf import config as config_lib
 from dcgan_tf.config import Config
 from dcgan_tf.evaluation.features import pooled_feature_dims
-from dcgan_tf.models import build_discriminator, build_gan, build_generator, discriminator_widths, generator_widths
+from dcgan_tf.gan import build_gan
+from dcgan_tf.models import build_discriminator, build_generator, discriminator_widths, generator_widths
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 # Section 4, "Details of adversarial training": mini-batch 128, Adam lr 0.0002 and beta1 0.5, z uniform 100-d

@@ -12,7 +12,7 @@ import tensorflow as tf
 from dcgan_tf import checkpointing, distribute, export, train
 from dcgan_tf.config import Config, ConfigError
 from dcgan_tf.gan import EMA_WARMUP
-from dcgan_tf.models import build_gan
+from dcgan_tf.gan import build_gan
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REAL = np.random.RandomState(0).uniform(-1, 1, (8, 16, 16, 1)).astype("float32")

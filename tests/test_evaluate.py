@@ -12,14 +12,15 @@ import scipy.linalg
 import tensorflow as tf
 from sklearn.svm import LinearSVC
 
-from dcgan_tf import checkpointing
+from dcgan_tf import checkpointing, train
 from dcgan_tf.config import Config, ConfigError
 from dcgan_tf.evaluation import fid as fid_lib
 from dcgan_tf.evaluation import reports, svm
 from dcgan_tf.evaluation.callback import BEST_FILE, FIDCallback, make_fid_callback, read_best
 from dcgan_tf.evaluation.features import build_feature_extractor, discriminator_features, pooled_feature_dims
+from dcgan_tf.gan import build_gan
 from dcgan_tf.input_pipeline import make_dataset
-from dcgan_tf.models import build_discriminator, build_gan
+from dcgan_tf.models import build_discriminator
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -271,8 +272,7 @@ def test_callback_logs_fid_to_tensorboard_during_fit_and_keeps_best(tiny_config,
 def test_callback_works_under_a_two_replica_strategy(tiny_config, tmp_path):
     # train.py builds the GAN in a MirroredStrategy scope when there are several devices (conftest: 2 CPUs).
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    with strategy.scope():
-        gan = build_gan(tiny_config)
+    gan = train.build_in_scope(tiny_config, strategy)
     callback = FIDCallback(tiny_config, make_dataset(tiny_config.replace(seed=5)), pooled_pixels, 2, 32,
                            str(tmp_path / "fid"), str(tmp_path / "best"), bn_samples=16)
     gan.fit(make_dataset(tiny_config), steps_per_epoch=4, epochs=1, verbose=0, callbacks=[callback])

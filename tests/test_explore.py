@@ -13,7 +13,7 @@ from dcgan_tf.config import Config  # noqa: E402
 from dcgan_tf.evaluation.data import load_real_images  # noqa: E402
 from dcgan_tf.experiments import ablation, dviz, figures, latent, memorization, sources  # noqa: E402
 from dcgan_tf.images import read_png, to_uint8  # noqa: E402
-from dcgan_tf.models import build_gan  # noqa: E402
+from dcgan_tf.gan import build_gan  # noqa: E402
 
 NZ = 8
 # Gray 16x16 synthetic shapes; 200 steps of this tiny GAN draw bright blobs on dark backgrounds (about 3 s).

@@ -10,15 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from dcgan_tf import checkpointing, export, train
+from dcgan_tf import checkpointing, export
 from dcgan_tf.config import Config
+from dcgan_tf.gan import build_gan
 from dcgan_tf.images import to_uint8
-from dcgan_tf.models import build_gan
 
 REPO = Path(__file__).resolve().parents[1]
 STEP = 7
@@ -357,11 +356,7 @@ def test_mixed_precision_generators_export_float32_graphs_that_the_tools_run(tmp
     served = {}
     for precision in ("float16", "bfloat16"):
         config = tiny_config(mixed_precision=precision)
-        train.set_precision(config)
-        try:
-            gan = build_gan(config)
-        finally:
-            keras.mixed_precision.set_global_policy("float32")
+        gan = build_gan(config, precision=config.compute_precision)
         assert gan.generator.layers[1].compute_dtype == precision
         path = export.export_generator(gan, config, str(tmp_path / precision), bn_samples=0, max_images=4)
         if precision == "float16":  # saved_model_cli in a fresh process (one TF import: the other in-process)

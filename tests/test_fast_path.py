@@ -15,21 +15,17 @@ import tensorflow as tf
 
 from dcgan_tf import fast_path
 from dcgan_tf.config import Config, ConfigError
-from dcgan_tf.models import build_gan
+from dcgan_tf.gan import build_gan
 
 REAL = np.random.RandomState(0).uniform(-1, 1, (8, 16, 16, 1)).astype("float32")
 Z = np.random.RandomState(1).uniform(-1, 1, (8, 16)).astype("float32")
 CONFIG = Config(image_size=16, channels=1, ngf=8, ndf=8, nz=16, batch_size=8, train_steps=2)
 
 
-def train_two_steps(config: Config, policy: str = "float32") -> tuple[list[np.ndarray], dict[str, float]]:
+def train_two_steps(config: Config, fast_kernels: bool = True) -> tuple[list[np.ndarray], dict[str, float]]:
     """Two steps of fit()'s own train function from the same start; each weight's change and the last logs."""
     keras.utils.set_random_seed(1)  # same initial weights for every path
-    keras.mixed_precision.set_global_policy(policy)
-    try:
-        gan = build_gan(config)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+    gan = build_gan(config, precision=config.compute_precision, fast_kernels=fast_kernels)
     gan._replica_z = lambda local_batch: tf.constant(Z)  # same z on every path (see the module docstring)
     variables = gan.generator.weights + gan.discriminator.weights
     before = [v.numpy() for v in variables]
@@ -61,12 +57,35 @@ def test_xla_step_matches_the_plain_step(plain):
 
 
 def test_bfloat16_step_matches_the_plain_step_within_its_precision(plain):
-    weights, logs = train_two_steps(CONFIG.replace(mixed_precision="bfloat16"), policy="mixed_bfloat16")
+    weights, logs = train_two_steps(CONFIG.replace(mixed_precision="bfloat16"))
     # bfloat16 keeps 8 bits of mantissa (~0.4% per value) and Adam turns even tiny gradients into lr-sized
     # steps, so a few near-zero gradients flip sign; the update as a whole must still agree closely.
     assert relative_difference(plain[0], weights) < 0.05  # measured: 0.005
     for name, value in plain[1].items():
         assert logs[name] == pytest.approx(value, rel=0.05), name
+
+
+def test_fast_kernels_are_keras_layers_with_the_same_variables_and_update(plain, tmp_path):
+    """kernels.py's layers and Adam hold Keras's own variables (names, shapes, initial values, checkpoint keys:
+    a checkpoint or export of either is one of the other) and make the same update."""
+    from dcgan_tf import checkpointing
+
+    built = {fast: build_gan(CONFIG, fast_kernels=fast) for fast in (True, False)}
+    weights = {fast: gan.generator.weights + gan.discriminator.weights for fast, gan in built.items()}
+    assert [(v.path, tuple(v.shape)) for v in weights[True]] == [(v.path, tuple(v.shape)) for v in weights[False]]
+    for fast, slow in zip(weights[True], weights[False]):
+        np.testing.assert_array_equal(np.asarray(fast), np.asarray(slow), err_msg=fast.path)
+    keys = {fast: sorted(tf.train.list_variables(checkpointing.make_manager(gan, str(tmp_path / str(fast)), 1).save()))
+            for fast, gan in built.items()}
+    assert keys[True] == keys[False]
+    kernel_layers = {fast: [type(layer).__name__ for layer in gan.generator.layers + gan.discriminator.layers
+                            if type(layer).__module__ == "dcgan_tf.kernels"] for fast, gan in built.items()}
+    assert kernel_layers[False] == [] and type(built[False].d_optimizer) is keras.optimizers.Adam  # Keras's own
+    assert {"FusedBatchNorm", "Conv2D", "Conv2DTranspose"} <= set(kernel_layers[True])
+    weights, logs = train_two_steps(CONFIG, fast_kernels=False)
+    assert relative_difference(plain[0], weights) < 1e-4  # float reordering only
+    for name, value in plain[1].items():
+        assert logs[name] == pytest.approx(value, rel=1e-4, abs=1e-5), name
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -89,7 +108,7 @@ def test_auto_precision_follows_the_hardware(gpus, flags, expected):
 
 def test_auto_xla_is_off_where_measured_slower_and_never_under_mirrored_cpus():
     assert fast_path.choose_jit([], mirrored_over_cpus=False).value == "false"
-    assert "PITFALLS 6" in fast_path.choose_jit([], mirrored_over_cpus=True).reason
+    assert "MirroredStrategy over logical CPU devices" in fast_path.choose_jit([], mirrored_over_cpus=True).reason
 
 
 def test_jit_compile_accepts_old_bools_and_rejects_nonsense():
@@ -121,7 +140,7 @@ def test_explicit_xla_under_mirrored_cpus_is_a_clear_error():
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     assert fast_path.is_mirrored_over_cpus(strategy)
     assert fast_path.resolve(CONFIG, strategy).resolved["jit_compile"] is False
-    with pytest.raises(ConfigError, match="PITFALLS 6"):
+    with pytest.raises(ConfigError, match="MirroredStrategy over logical CPU devices"):
         fast_path.resolve(CONFIG.replace(jit_compile="true"), strategy)
 
 
@@ -147,7 +166,7 @@ def test_train_logs_and_records_the_request_and_the_choice(tmp_path, caplog):
 
 @pytest.mark.parametrize("policy,tolerance", [("float32", 1e-5), ("mixed_bfloat16", 2e-2)])
 def test_fused_batchnorm_equals_keras_batchnorm(policy, tolerance):
-    from dcgan_tf.models import FusedBatchNorm
+    from dcgan_tf.kernels import FusedBatchNorm
 
     x = tf.constant(np.random.RandomState(2).normal(1.0, 3.0, (8, 4, 4, 5)).astype("float32"))
     w = tf.constant(np.random.RandomState(3).normal(size=(8, 4, 4, 5)).astype("float32"))
@@ -179,17 +198,17 @@ def test_fused_batchnorm_equals_keras_batchnorm(policy, tolerance):
 @pytest.mark.parametrize("transposed", [False, True])
 def test_matmul_conv_equals_tensorflows(transposed):
     """Output, input gradient and kernel gradient of the matmul conv/deconv equal Keras's own layers'."""
-    from dcgan_tf import models
+    from dcgan_tf import kernels
 
     # The largest maps it applies to: G's 4x4 input, D's 8x8 input (4x4 output).
-    size = models.MATMUL_CONV_MAX_SIZE * (1 if transposed else 2)
+    size = kernels.MATMUL_CONV_MAX_SIZE * (1 if transposed else 2)
     out_size = size * 2 if transposed else size // 2
     rng = np.random.RandomState(6)
     x = tf.constant(rng.normal(size=(3, size, size, 5)).astype("float32"))
     w = tf.constant(rng.normal(size=(3, out_size, out_size, 7)).astype("float32"))
     results = []
-    for layer_class in ((keras.layers.Conv2DTranspose, models.Conv2DTranspose) if transposed else
-                        (keras.layers.Conv2D, models.Conv2D)):
+    for layer_class in ((keras.layers.Conv2DTranspose, kernels.Conv2DTranspose) if transposed else
+                        (keras.layers.Conv2D, kernels.Conv2D)):
         layer = layer_class(7, 4, strides=2, padding="same", kernel_initializer=keras.initializers.RandomNormal(seed=7),
                             bias_initializer=keras.initializers.RandomNormal(seed=8))
         with tf.GradientTape() as tape:
@@ -205,7 +224,7 @@ def test_matmul_conv_equals_tensorflows(transposed):
 def test_fused_adam_makes_keras_adams_update(replicas):
     """FusedAdam's weights and slots after three steps equal keras.optimizers.Adam's (one device and 2 replicas)."""
     from dcgan_tf.distribute import new_mirrored_strategy
-    from dcgan_tf.optimizers import FusedAdam
+    from dcgan_tf.kernels import FusedAdam
 
     rng = np.random.RandomState(9)
     start = [rng.normal(size=shape).astype("float32") for shape in ((4, 4, 3, 5), (5,))]

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from dcgan_tf import callbacks, checkpointing, distribute, input_pipeline, train
-from dcgan_tf.models import build_gan
+from dcgan_tf.gan import build_gan
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_FLAGS = ["--dataset=synthetic", "--image_size=16", "--ngf=8", "--ndf=8", "--nz=16", "--batch_size=8",

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from dcgan_tf import train
 from dcgan_tf.config import Config
 from dcgan_tf.distribute import new_mirrored_strategy
-from dcgan_tf.models import build_gan
+from dcgan_tf.gan import build_gan
 
 REAL = np.random.RandomState(0).uniform(-1, 1, (8, 16, 16, 1)).astype("float32")
 
@@ -14,8 +15,7 @@ REAL = np.random.RandomState(0).uniform(-1, 1, (8, 16, 16, 1)).astype("float32")
 def train_weights(strategy, config, steps=2):
     """Train `steps` steps on REAL under `strategy`; return all weights and the last logs."""
     tf.keras.utils.set_random_seed(1)
-    with strategy.scope():
-        gan = build_gan(config)
+    gan = train.build_in_scope(config, strategy)  # BatchNorm synchronised over 2 replicas, as training does
     history = gan.fit(tf.data.Dataset.from_tensors(REAL).repeat(), steps_per_epoch=steps, epochs=1, verbose=0,
                       shuffle=False)
     weights = [v.numpy() for v in gan.generator.weights + gan.discriminator.weights + gan.generator_ema.weights]
@@ -29,7 +29,7 @@ def test_two_replicas_equal_one_replica_on_the_global_batch():
     one, logs_one = train_weights(tf.distribute.get_strategy(), config)
     two, logs_two = train_weights(new_mirrored_strategy(["/cpu:0", "/cpu:1"]), config)
     assert max(float(np.max(np.abs(a - b))) for a, b in zip(one, two)) < 1e-5
-    # The logged losses are true means, not 1/N of them (PITFALLS 3).
+    # The logged losses are true means, not 1/N of them (Keras's own losses divide by the replica count).
     for name in ("d_loss", "g_loss", "d_real", "d_fake"):
         assert logs_one[name] == pytest.approx(logs_two[name], rel=1e-4), name
 
@@ -52,8 +52,7 @@ def test_training_changes_both_networks_and_logs_sane_values():
 def test_replicas_draw_different_z_and_steps_draw_new_z():
     config = Config(image_size=16, channels=1, ngf=8, ndf=8, nz=16, batch_size=8, train_steps=1)
     strategy = new_mirrored_strategy(["/cpu:0", "/cpu:1"])
-    with strategy.scope():
-        gan = build_gan(config)
+    gan = train.build_in_scope(config, strategy)
     per_replica = strategy.run(tf.function(lambda: gan._replica_z(tf.constant(4))))
     z0, z1 = (t.numpy() for t in strategy.experimental_local_results(per_replica))
     assert z0.shape == (4, 16) and not np.allclose(z0, z1)

@@ -28,7 +28,7 @@ from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 from dcgan_tf import checkpointing, export
 from dcgan_tf.config import Config
 from dcgan_tf.images import read_png, to_uint8
-from dcgan_tf.models import build_gan
+from dcgan_tf.gan import build_gan
 from dcgan_tf.train import train
 from serving import batching, client, local_server
 from serving import config as serving_config

@@ -21,7 +21,7 @@ from dcgan_tf.config import Config
 from dcgan_tf.gan import DCGAN
 
 GenerateFn = Callable[[np.ndarray], np.ndarray]
-SERVING_SIGNATURE = "serving_default"
+SERVING_SIGNATURE = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
 
 
 class SourceError(RuntimeError):
