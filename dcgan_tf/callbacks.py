@@ -7,6 +7,7 @@ grids and checkpoints line up across resumed runs. They drive `fit()` and the cu
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import signal
@@ -31,9 +32,9 @@ class DivergenceError(RuntimeError):
 
 
 class StepCallback(keras.callbacks.Callback):
-    """Base: tracks the global step and calls `on_step(step, logs)` every `every` steps."""
+    """Base: tracks the global step and calls `on_step(step, logs)` every `every` steps (never if `every` is None)."""
 
-    def __init__(self, every: int):
+    def __init__(self, every: int | None = None):
         super().__init__()
         self.every = every
         self.start_step = 0
@@ -42,56 +43,89 @@ class StepCallback(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self.start_step = self.step = int(self.model.step.numpy())
 
+    def global_step(self, batch: int) -> int:
+        """The global step that batch `batch` of this fit() trains (1-based: the step once it is done)."""
+        return self.start_step + batch + 1
+
     def on_train_batch_end(self, batch, logs=None):
-        self.step = self.start_step + batch + 1
-        if self.step % self.every == 0:
+        self.step = self.global_step(batch)
+        if self.every and self.step % self.every == 0:
             self.on_step(self.step, logs or {})
 
     def on_step(self, step: int, logs: dict) -> None:
         """Periodic work at `step`."""
 
 
-class ScalarLogger(StepCallback):
-    """Writes d_loss, g_loss, d_real, d_fake and images_per_sec; the trackers then restart their window."""
+class LogWindow(StepCallback):
+    """Every `every` steps and at the last one: the window since the previous log step, handed to each sink.
 
-    def __init__(self, writer: tf.summary.SummaryWriter, every: int, global_batch: int):
+    The one owner of the logging window: its start (step, time), the last logs, and the model's metrics, which
+    restart with each window so that every sink sees each value as the mean over its own window (reset at the
+    next step's start, not at the last step, whose values the progress bar still shows).
+    """
+
+    def __init__(self, every: int, global_batch: int, sinks: list):
         super().__init__(every)
-        self.writer = writer
         self.global_batch = global_batch
+        self.sinks = sinks
         self.window_start = 0.0
         self.window_step = 0
+        self.last_logs: dict = {}
         self.reset_pending = False
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
         self.window_start, self.window_step = time.perf_counter(), self.step
-        self.last_logs: dict = {}
+        self.last_logs = {}
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.reset_pending:
+            for metric in self.model.metrics:
+                metric.reset_state()
+            self.reset_pending = False
 
     def on_train_batch_end(self, batch, logs=None):
         self.last_logs = dict(logs or {})
         super().on_train_batch_end(batch, logs)
 
     def on_train_end(self, logs=None):
-        """Flush the partial window: a run shorter than `every`, or stopped by a signal, still gets its scalars."""
+        """Close the partial window: a run shorter than `every`, or stopped by a signal, still gets its values."""
         if self.step > self.window_step and self.last_logs:
             self.on_step(self.step, self.last_logs)
 
     def on_step(self, step: int, logs: dict) -> None:
         now = time.perf_counter()
-        rate = (step - self.window_step) * self.global_batch / max(now - self.window_start, 1e-9)
-        with self.writer.as_default(step=step):
-            for name, value in logs.items():
-                tf.summary.scalar(name, float(value))
-            tf.summary.scalar("images_per_sec", rate)
-        self.writer.flush()
+        steps_per_sec = (step - self.window_step) / max(now - self.window_start, 1e-9)
+        window = Window(step, dict(logs), steps_per_sec, steps_per_sec * self.global_batch)
+        for sink in self.sinks:
+            sink.write(window)
         self.reset_pending = True
         self.window_start, self.window_step = now, step
 
-    def on_train_batch_begin(self, batch, logs=None):
-        if self.reset_pending:  # so each logged value is the mean over its own window (not at the last step,
-            for metric in self.model.metrics:  # whose values the progress bar still shows)
-                metric.reset_state()
-            self.reset_pending = False
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """One closed logging window: its last step, the metrics' means over it, and its speed."""
+
+    step: int
+    logs: dict
+    steps_per_sec: float
+    images_per_sec: float
+
+
+class ScalarLogger:
+    """LogWindow sink: d_loss, g_loss, d_real, d_fake and images_per_sec as TensorBoard scalars."""
+
+    def __init__(self, writer: tf.summary.SummaryWriter):
+        self.writer = writer
+
+    def write(self, window: Window) -> None:
+        """Write the window's scalars at its last step."""
+        with self.writer.as_default(step=window.step):
+            for name, value in window.logs.items():
+                tf.summary.scalar(name, float(value))
+            tf.summary.scalar("images_per_sec", window.images_per_sec)
+        self.writer.flush()
 
 
 def format_duration(seconds: float) -> str:
@@ -100,40 +134,20 @@ def format_duration(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-class ProgressLog(StepCallback):
-    """One plain absl log line every `every` steps and at the last one, for logs that are not a terminal.
+class ProgressLog:
+    """LogWindow sink: one plain absl log line per window, for logs that are not a terminal.
 
     The Keras progress bar redraws one line with control codes: in a file it is one unreadable line, and
-    `verbose=2` prints only at the end of the single epoch a run is. Values are those of the window since the
-    previous line (ScalarLogger resets the trackers at the same steps).
+    `verbose=2` prints only at the end of the single epoch a run is.
     """
 
-    def __init__(self, every: int, end_step: int, global_batch: int):
-        super().__init__(every)
+    def __init__(self, end_step: int):
         self.end_step = end_step
-        self.global_batch = global_batch
-        self.window_start = 0.0
-        self.window_step = 0
-        self.last_logs: dict = {}
 
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        self.window_start, self.window_step = time.perf_counter(), self.step
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.last_logs = dict(logs or {})
-        super().on_train_batch_end(batch, logs)
-
-    def on_step(self, step: int, logs: dict) -> None:
-        now = time.perf_counter()
-        steps_per_sec = (step - self.window_step) / max(now - self.window_start, 1e-9)
-        logging.info("%s", format_progress(step, self.end_step, logs, steps_per_sec * self.global_batch,
-                                           (self.end_step - step) / max(steps_per_sec, 1e-9)))
-        self.window_start, self.window_step = now, step
-
-    def on_train_end(self, logs=None):
-        if self.step > self.window_step and self.last_logs:
-            self.on_step(self.step, self.last_logs)
+    def write(self, window: Window) -> None:
+        """Log the window's values, speed and the time left to end_step."""
+        eta = (self.end_step - window.step) / max(window.steps_per_sec, 1e-9)
+        logging.info("%s", format_progress(window.step, self.end_step, window.logs, window.images_per_sec, eta))
 
 
 def format_progress(step: int, end_step: int, logs: dict, images_per_sec: float, eta_seconds: float) -> str:
@@ -250,29 +264,26 @@ def layer_table(model: keras.Model) -> str:
     return "\n".join(rows)
 
 
-class Profiler(keras.callbacks.Callback):
+class Profiler(StepCallback):
     """Captures a TensorBoard profile (tf.profiler) of global steps first..last into log_dir/plugins/profile."""
 
     def __init__(self, log_dir: str, first: int, last: int):
         super().__init__()
         self.log_dir = log_dir
         self.first, self.last = first, last
-        self.start_step = 0
         self.running = False
         self.done = False
 
-    def on_train_begin(self, logs=None):
-        self.start_step = int(self.model.step.numpy())
-
     def on_train_batch_begin(self, batch, logs=None):
-        step = self.start_step + batch + 1
+        step = self.global_step(batch)
         if not self.running and not self.done and self.first <= step <= self.last:
             logging.info("Profiling steps %d to %d into %s.", step, self.last, self.log_dir)
             tf.profiler.experimental.start(self.log_dir)
             self.running = True
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.running and self.start_step + batch + 1 >= self.last:
+        super().on_train_batch_end(batch, logs)
+        if self.running and self.step >= self.last:
             self.finish()
 
     def on_train_end(self, logs=None):
@@ -404,7 +415,7 @@ class Summary(StepCallback):
     """Logs one closing line: steps trained, wall time, images/sec."""
 
     def __init__(self, global_batch: int):
-        super().__init__(every=2**62)
+        super().__init__()  # no periodic work: it tracks the steps and speaks at the end
         self.global_batch = global_batch
         self.began = 0.0
         self.result: dict[str, float] = {}

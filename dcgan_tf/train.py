@@ -85,9 +85,12 @@ def make_callbacks(config: Config, gan: DCGAN, manager: tf.train.CheckpointManag
     average_batchnorm_statistics = distribute.make_replica_averager(
         gan.distribute_strategy, gan.generator.non_trainable_variables + gan.discriminator.non_trainable_variables
         + (gan.generator_ema.non_trainable_variables if gan.generator_ema is not None else []))
+    log_sinks = [callbacks_lib.ScalarLogger(writer)]
+    if callbacks_lib.wants_progress_log(config.verbose, sys.stdout.isatty()):
+        log_sinks.append(callbacks_lib.ProgressLog(end_step))
     callbacks = [
         callbacks_lib.DivergenceGuard(manager),  # first: nothing gets written for a step that diverged
-        callbacks_lib.ScalarLogger(writer, config.log_every, config.batch_size),
+        callbacks_lib.LogWindow(config.log_every, config.batch_size, log_sinks),
         callbacks_lib.SampleGrid(writer, config.sample_every, fixed_z, os.path.join(config.model_dir, "samples")),
         callbacks_lib.CheckpointSaver(manager, config.checkpoint_every, before_save=average_batchnorm_statistics),
     ]
@@ -103,8 +106,6 @@ def make_callbacks(config: Config, gan: DCGAN, manager: tf.train.CheckpointManag
     profile = config_lib.parse_profile_steps(config.profile_steps)
     if profile:
         callbacks.append(callbacks_lib.Profiler(log_dir, *profile))
-    if callbacks_lib.wants_progress_log(config.verbose, sys.stdout.isatty()):
-        callbacks.append(callbacks_lib.ProgressLog(config.log_every, end_step, config.batch_size))
     callbacks.append(callbacks_lib.Summary(config.batch_size))
     return callbacks
 
