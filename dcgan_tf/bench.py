@@ -93,7 +93,7 @@ def _resolved(config: Config) -> Config:
 
 def matmul_dtype(config: Config) -> tf.DType:
     """The dtype whose matmul rate the step's FLOP rate is compared with (its compute precision)."""
-    return {"none": tf.float32, "bfloat16": tf.bfloat16, "float16": tf.float16}[config.compute_precision]
+    return tf.as_dtype(keras.DTypePolicy(kernels.KERAS_POLICIES[config.compute_precision]).compute_dtype)
 
 
 def _channels(config: Config) -> Config:
