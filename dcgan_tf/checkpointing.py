@@ -274,8 +274,8 @@ def load_run(model_dir: str, g_ema: bool | None = None) -> tuple[Config, DCGAN]:
             raise CheckpointError(f"{model_dir} was trained without an EMA of G (--g_ema_decay=0): use "
                                   "--g_ema=false for its raw G")
         config = config.replace(g_ema=g_ema)
-    # Outside training the global Keras policy is float32, so build_gan makes float32 networks; it reads
-    # config.mixed_precision only to wrap the optimizers as training did.
+    # Float32 networks whatever the run trained in (build_gan's default precision); the optimizers still follow
+    # the run's precision (loss scaling under float16), so every value of the checkpoint finds its variable.
     gan = build_gan(config)
     path = restore_latest(make_checkpoint(gan), os.path.join(model_dir, CHECKPOINT_SUBDIR))
     if path is None:
