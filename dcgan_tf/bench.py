@@ -41,6 +41,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
+from dcgan_tf import cli
 from dcgan_tf import flops as flops_lib
 from dcgan_tf import input_pipeline, kernels, models
 from dcgan_tf.config import Config, validate
@@ -555,79 +556,75 @@ def _settings(config: Config) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Command line.
+# Command line: the model and data flags are Config fields, as in dcgan_tf.train; the rest are Options fields
+# (both built by dcgan_tf/cli.py).
+
+CONFIG_FLAGS = ("dataset", "data_dir", "image_size", "channels", "ngf", "ndf", "nz", "batch_size", "jit_compile",
+                "mixed_precision")
+
+
+@dataclasses.dataclass
+class Options:
+    """The benchmark's own settings; one --flag each, its help the comment."""
+
+    steps_per_execution: int = 1  # Train steps per call of the train function.
+    windows: int = 5  # Timed windows (the median is reported).
+    steps_per_window: int = 3  # Train steps (input: 20x that many batches; layers: passes) per timed window.
+    warmup_steps: int = 2  # Untimed steps first (tracing, XLA compilation).
+    matmul: bool = True  # Also measure the machine's matmul rate in the step's precision (seconds).
+    torch_python: str | None = None  # compare: a Python with PyTorch, to time the PyTorch peer too.
+    torch_reference: str = "../shared/peers/torch_dcgan_reference.py"  # compare: the PyTorch peer script.
+    rounds: int = 2  # compare: rounds over all variants (interleaved); medians are reported.
+    variants: list[str] | None = None  # compare: a subset of VARIANTS (default: all).
+    model_dir: str | None = None  # sample: a training run whose generator to time (default: fresh init).
+    grpc: bool = True  # sample: also time Predict over gRPC through serving/local_server.py.
+    repeats: int = 50  # sample: batch-1 calls for the latency percentiles.
+    clients: int = 8  # sample: concurrent gRPC clients (batch-1 requests), measured without and with the local
+                      # server's request batching; 0 = skip.
+    client_requests: int = 50  # sample: requests per concurrent client.
+    concurrent_rounds: int = 1  # sample: interleaved unbatched/batched pairs of the concurrent run.
+    batching_parameters_file: str | None = None  # sample: TF Serving batching parameters for the batched
+                                                 # concurrent run (default: the repository's
+                                                 # serving/batching_parameters.txt).
+
 
 FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-    """The benchmark CLI's flags (model/data settings mirror dcgan_tf.train's)."""
-    defaults = Config()
-    flags.DEFINE_string("dataset", RANDOM, "'random' (the step alone), 'synthetic', 'folder:PATH' or a TFDS name.")
-    flags.DEFINE_string("data_dir", None, "TFDS data_dir.")
-    flags.DEFINE_integer("image_size", defaults.image_size, "Image size (power of two >= 16).")
-    flags.DEFINE_integer("channels", 0, "0 = the dataset's own (3 for random data).")
-    flags.DEFINE_integer("ngf", defaults.ngf, "Generator width.")
-    flags.DEFINE_integer("ndf", defaults.ndf, "Discriminator width.")
-    flags.DEFINE_integer("nz", defaults.nz, "Latent size.")
-    flags.DEFINE_integer("batch_size", defaults.batch_size, "Global batch size.")
-    flags.DEFINE_enum("jit_compile", defaults.jit_compile, ["auto", "true", "false"], "XLA-compile the train step.")
-    flags.DEFINE_enum("mixed_precision", defaults.mixed_precision, ["auto", "none", "bfloat16", "float16"],
-                      "Compute dtype (auto = what training picks on this machine).")
-    flags.DEFINE_integer("steps_per_execution", 1, "Train steps per call of the train function.")
-    flags.DEFINE_integer("windows", 5, "Timed windows (the median is reported).")
-    flags.DEFINE_integer("steps_per_window", 3,
-                         "Train steps (input: 20x that many batches; layers: passes) per timed window.")
-    flags.DEFINE_integer("warmup_steps", 2, "Untimed steps first (tracing, XLA compilation).")
-    flags.DEFINE_boolean("matmul", True, "Also measure the machine's matmul rate in the step's precision (seconds).")
-    flags.DEFINE_string("torch_python", None, "compare: a Python with PyTorch, to time the PyTorch peer too.")
-    flags.DEFINE_string("torch_reference", "../shared/peers/torch_dcgan_reference.py",
-                        "compare: the PyTorch peer script.")
-    flags.DEFINE_integer("rounds", 2, "compare: rounds over all variants (interleaved); medians are reported.")
-    flags.DEFINE_list("variants", None, f"compare: a subset of {','.join(VARIANTS)} (default: all).")
-    flags.DEFINE_string("model_dir", None, "sample: a training run whose generator to time (default: fresh init).")
-    flags.DEFINE_boolean("grpc", True, "sample: also time Predict over gRPC through serving/local_server.py.")
-    flags.DEFINE_integer("repeats", 50, "sample: batch-1 calls for the latency percentiles.")
-    flags.DEFINE_integer("clients", 8, "sample: concurrent gRPC clients (batch-1 requests), measured without and "
-                         "with the local server's request batching; 0 = skip.")
-    flags.DEFINE_integer("client_requests", 50, "sample: requests per concurrent client.")
-    flags.DEFINE_integer("concurrent_rounds", 1, "sample: interleaved unbatched/batched pairs of the concurrent run.")
-    flags.DEFINE_string("batching_parameters_file", None,
-                        "sample: TF Serving batching parameters for the batched concurrent run (default: the "
-                        "repository's serving/batching_parameters.txt).")
+    """The benchmark CLI's flags: Config's model/data flags (--dataset may also be 'random'), then Options'."""
+    cli.define_config_flags(CONFIG_FLAGS, defaults={"dataset": RANDOM}, helps={
+        "dataset": "'random' (the step alone), 'synthetic', 'folder:PATH' or a TFDS name."})
+    cli.define_flags(Options, helps={"variants": f"compare: a subset of {','.join(VARIANTS)} (default: all)."})
 
 
-def config_from_flags() -> Config:
-    """A validated Config from the flags (one step, so validate() accepts it)."""
-    config = Config(dataset=FLAGS.dataset if FLAGS.dataset != RANDOM else "synthetic", data_dir=FLAGS.data_dir,
-                    image_size=FLAGS.image_size, channels=FLAGS.channels, ngf=FLAGS.ngf, ndf=FLAGS.ndf,
-                    nz=FLAGS.nz, batch_size=FLAGS.batch_size, jit_compile=FLAGS.jit_compile,
-                    mixed_precision=FLAGS.mixed_precision, train_steps=1)
-    validate(config)  # clear errors for bad sizes/names before any heavy work
-    return config.replace(dataset=FLAGS.dataset)
+def checked(config: Config) -> Config:
+    """`config`, after validate() (--dataset=random checked as the synthetic set): errors before heavy work."""
+    validate(config.replace(dataset="synthetic") if config.dataset == RANDOM else config)
+    return config
 
 
-def run_command(command: str, config: Config) -> Iterator[dict[str, Any]]:
+def run_command(command: str, config: Config, opts: Options) -> Iterator[dict[str, Any]]:
     """The measurements of one CLI command."""
     if command == "compare":
-        yield from compare(config, FLAGS.torch_python, FLAGS.torch_reference, FLAGS.rounds, FLAGS.variants,
-                           windows=FLAGS.windows, steps_per_window=FLAGS.steps_per_window,
-                           warmup_steps=FLAGS.warmup_steps, matmul=FLAGS.matmul)
+        yield from compare(config, opts.torch_python, opts.torch_reference, opts.rounds, opts.variants,
+                           windows=opts.windows, steps_per_window=opts.steps_per_window,
+                           warmup_steps=opts.warmup_steps, matmul=opts.matmul)
         return
     matmul = matmul_cpu = None
-    if FLAGS.matmul and command in ("train", "flops"):
+    if opts.matmul and command in ("train", "flops"):
         matmul, matmul_cpu = flops_lib.measure_matmul(dtype=matmul_dtype(_resolved(config)))
     if command == "train":
-        yield bench_train(config, FLAGS.windows, FLAGS.steps_per_window, FLAGS.warmup_steps,
-                          FLAGS.steps_per_execution, matmul, matmul_cpu)
+        yield bench_train(config, opts.windows, opts.steps_per_window, opts.warmup_steps,
+                          opts.steps_per_execution, matmul, matmul_cpu)
     elif command == "input":
-        yield bench_input(config, FLAGS.windows, FLAGS.steps_per_window * 20)
+        yield bench_input(config, opts.windows, opts.steps_per_window * 20)
     elif command == "sample":
-        yield from bench_sample(config, FLAGS.model_dir, FLAGS.grpc, FLAGS.repeats, FLAGS.batch_size, FLAGS.windows,
-                                FLAGS.clients if FLAGS.grpc else 0, FLAGS.client_requests,
-                                FLAGS.batching_parameters_file or _REPO_BATCHING_FILE, FLAGS.concurrent_rounds)
+        yield from bench_sample(config, opts.model_dir, opts.grpc, opts.repeats, config.batch_size, opts.windows,
+                                opts.clients if opts.grpc else 0, opts.client_requests,
+                                opts.batching_parameters_file or _REPO_BATCHING_FILE, opts.concurrent_rounds)
     elif command == "layers":
-        yield from bench_layers(config, FLAGS.windows, FLAGS.steps_per_window)
+        yield from bench_layers(config, opts.windows, opts.steps_per_window)
     else:
         yield bench_flops(config, matmul)
 
@@ -640,8 +637,8 @@ def main(argv: list[str]) -> None:
     if len(argv) != 2 or argv[1] not in COMMANDS:
         raise app.UsageError(f"usage: python -m dcgan_tf.bench {{{'|'.join(COMMANDS)}}} [--flags]; got {argv[1:]}")
     try:
-        config = config_from_flags()
-        for result in run_command(argv[1], config):
+        config = checked(cli.config_from_flags(FLAGS, CONFIG_FLAGS, base=Config(train_steps=1)))  # one step: valid
+        for result in run_command(argv[1], config, cli.read_flags(Options, FLAGS)):
             print(json.dumps(result), flush=True)
     except (ValueError, input_pipeline.DatasetError) as e:  # ConfigError is a ValueError
         logging.error("%s", e)

@@ -18,13 +18,14 @@ if __name__ == "__main__":  # a CLI run: hide TensorFlow's start-up chatter befo
 
     startup.quiet_start()
 
+import dataclasses
 import json
 import os
 import sys
 
 from absl import app, flags, logging
 
-from dcgan_tf import checkpointing
+from dcgan_tf import checkpointing, cli
 from dcgan_tf.config import Config, ConfigError, validate_dataset_name
 from dcgan_tf.evaluation import fid as fid_lib
 from dcgan_tf.evaluation import reports, svm
@@ -33,133 +34,151 @@ from dcgan_tf.gan import DCGAN
 from dcgan_tf.input_pipeline import DatasetError
 
 COMMANDS = ("features", "fid", "train-classifier")
-FLAGS = flags.FLAGS
 
 
-def define_flags() -> None:
-    """The evaluate CLI's flags."""
-    flags.DEFINE_string("model_dir", None, "Training run to evaluate (config.json + latest checkpoint).")
-    flags.DEFINE_integer("checkpoint_step", 0, "Evaluate the run's checkpoint of this step (ckpt-N); 0 = the latest.")
-    flags.DEFINE_string("export_dir", None, "fid only: a serving export (version folder or base) instead of a run.")
-    flags.DEFINE_string("dataset", None, "Real data (default: the run's dataset); labelled for features.")
-    flags.DEFINE_string("data_dir", None, "TFDS data_dir (default: the run's).")
-    flags.DEFINE_integer("image_size", 32, "train-classifier: image size (use the GAN's).")
-    flags.DEFINE_integer("channels", 0, "train-classifier: channels, 0 = the dataset's own (use the GAN's).")
-    flags.DEFINE_integer("seed", 0, "Seeds the SVM's validation/labelled splits and the generated z.")
-    flags.DEFINE_list("baselines", None, "features: pixels,random_d (default both); fid: real,untrained "
-                                         "(default both). Empty for none.")
-    flags.DEFINE_string("output", "", "Also write the JSON result to this file.")
+@dataclasses.dataclass
+class Options:
+    """Every setting of an evaluate command; one --flag each, its help the comment."""
+
+    model_dir: str | None = None  # Training run to evaluate (config.json + latest checkpoint).
+    checkpoint_step: int = 0  # Evaluate the run's checkpoint of this step (ckpt-N); 0 = the latest.
+    export_dir: str | None = None  # fid only: a serving export (version folder or base) instead of a run.
+    dataset: str | None = None  # Real data (default: the run's dataset); labelled for features.
+    data_dir: str | None = None  # TFDS data_dir (default: the run's).
+    image_size: int = 32  # train-classifier: image size (use the GAN's).
+    channels: int = 0  # train-classifier: channels, 0 = the dataset's own (use the GAN's).
+    seed: int = 0  # Seeds the SVM's validation/labelled splits and the generated z.
+    baselines: list[str] | None = None  # features: pixels,random_d (default both); fid: real,untrained
+                                        # (default both). Empty for none.
+    output: str = ""  # Also write the JSON result to this file.
     # features
-    flags.DEFINE_integer("labels_per_class", 0, "Class-balanced labelled examples per class; 0 = all labels.")
-    flags.DEFINE_integer("train_examples", 0, "With all labels: use a random subset this big (bounds SVM time).")
-    flags.DEFINE_integer("validation_examples", 10_000, "Held out of the train split to choose C (paper: 10,000).")
-    flags.DEFINE_integer("test_examples", 0, "Use the first N test images; 0 = the whole test split.")
-    flags.DEFINE_list("c_grid", [f"{c:g}" for c in svm.DEFAULT_C_GRID], "SVM C values tried on validation.")
+    labels_per_class: int = 0  # Class-balanced labelled examples per class; 0 = all labels.
+    train_examples: int = 0  # With all labels: use a random subset this big (bounds SVM time).
+    validation_examples: int = 10_000  # Held out of the train split to choose C (paper: 10,000).
+    test_examples: int = 0  # Use the first N test images; 0 = the whole test split.
+    c_grid: tuple[float, ...] = svm.DEFAULT_C_GRID  # SVM C values tried on validation.
     # fid
-    flags.DEFINE_integer("num_samples", 10_000, "Generated and real images compared (the FID's sample size).")
-    flags.DEFINE_enum("extractor", "inception", ["inception", "classifier"], "Feature space of FID/KID.")
-    flags.DEFINE_string("inception_weights", "imagenet",
-                        "'imagenet' (downloaded by Keras) or the path of InceptionV3's notop .h5 weights.")
-    flags.DEFINE_string("classifier_path", "", "The .keras classifier (train-classifier writes it, fid reads it).")
-    flags.DEFINE_integer("kid_subsets", fid_lib.KID_SUBSETS, "Random subsets averaged by KID.")
-    flags.DEFINE_bool("g_ema", None, "--model_dir: evaluate G's EMA (true) or the raw G (false); default: the "
-                                     "run's own --g_ema.")
-    flags.DEFINE_bool("best", True, "--model_dir: also evaluate the best-FID checkpoint that --fid_every keeps "
-                                    "in model_dir/best (reported as best_step), when there is one.")
-    flags.DEFINE_integer("bn_samples", DEFAULT_BN_SAMPLES,
-                         "--model_dir: re-estimate G's BatchNorm from this many z, as the export does; 0 = off.")
+    num_samples: int = 10_000  # Generated and real images compared (the FID's sample size).
+    extractor: str = "inception"  # Feature space of FID/KID.
+    inception_weights: str = "imagenet"  # 'imagenet' (downloaded by Keras) or the path of InceptionV3's notop
+                                         # .h5 weights.
+    classifier_path: str = ""  # The .keras classifier (train-classifier writes it, fid reads it).
+    kid_subsets: int = fid_lib.KID_SUBSETS  # Random subsets averaged by KID.
+    g_ema: bool | None = None  # --model_dir: evaluate G's EMA (true) or the raw G (false); default: the run's
+                               # own --g_ema.
+    best: bool = True  # --model_dir: also evaluate the best-FID checkpoint that --fid_every keeps in
+                       # model_dir/best (reported as best_step), when there is one.
+    bn_samples: int = DEFAULT_BN_SAMPLES  # --model_dir: re-estimate G's BatchNorm from this many z, as the
+                                          # export does; 0 = off.
     # train-classifier
-    flags.DEFINE_integer("epochs", 5, "train-classifier: epochs.")
-    flags.DEFINE_integer("batch_size", 128, "train-classifier: batch size.")
+    epochs: int = 5  # train-classifier: epochs.
+    batch_size: int = 128  # train-classifier: batch size.
 
 
-def _with_data_flags(config: Config) -> Config:
-    """The run's config with --dataset/--data_dir applied."""
-    changes = {k: getattr(FLAGS, k) for k in ("dataset", "data_dir") if getattr(FLAGS, k) is not None}
+CHOICES = {"extractor": ["inception", "classifier"]}
+
+
+def with_data(config: Config, dataset: str | None, data_dir: str | None) -> Config:
+    """The run's config with another dataset and/or data_dir (None keeps the run's)."""
+    changes = {k: v for k, v in (("dataset", dataset), ("data_dir", data_dir)) if v is not None}
     config = config.replace(**changes)
     validate_dataset_name(config.dataset)
     return config
 
 
-def load_model() -> tuple[Config, DCGAN]:
-    """The run in --model_dir at its latest checkpoint, or at --checkpoint_step."""
-    if not FLAGS.model_dir:
+def load_model(model_dir: str | None, checkpoint_step: int = 0, g_ema: bool | None = None) -> tuple[Config, DCGAN]:
+    """The run in `model_dir` at its latest checkpoint, or at `checkpoint_step`; G's EMA or raw G per `g_ema`."""
+    if not model_dir:
         raise app.UsageError("pass --model_dir=DIR of a training run")
-    config, gan = checkpointing.load_run(FLAGS.model_dir, g_ema=FLAGS.g_ema)
-    if FLAGS.checkpoint_step:
-        manager = checkpointing.make_manager(gan, FLAGS.model_dir, config.keep_checkpoints)
-        wanted = [p for p in manager.checkpoints if p.endswith(f"ckpt-{FLAGS.checkpoint_step}")]
+    config, gan = checkpointing.load_run(model_dir, g_ema=g_ema)
+    if checkpoint_step:
+        manager = checkpointing.make_manager(gan, model_dir, config.keep_checkpoints)
+        wanted = [p for p in manager.checkpoints if p.endswith(f"ckpt-{checkpoint_step}")]
         if not wanted:
             steps = [p.rsplit("-", 1)[-1] for p in manager.checkpoints]
-            raise checkpointing.CheckpointError(f"{FLAGS.model_dir} has no checkpoint of step "
-                                                f"{FLAGS.checkpoint_step}; it has steps {steps}")
+            raise checkpointing.CheckpointError(f"{model_dir} has no checkpoint of step {checkpoint_step}; it "
+                                                f"has steps {steps}")
         checkpointing.restore_checkpoint(manager.checkpoint, wanted[0])
     return config, gan
 
 
-def load_best_generator(config: Config) -> tuple[dict, object] | None:
+def load_best_generator(config: Config, model_dir: str, bn_samples: int) -> tuple[dict, object] | None:
     """({"step", "in_training_fid", ...}, inference G) of the run's best-FID checkpoint, or None if it has none."""
     from dcgan_tf.evaluation.callback import BEST_SUBDIR, read_best
 
-    best_dir = os.path.join(FLAGS.model_dir, BEST_SUBDIR)
+    best_dir = os.path.join(model_dir, BEST_SUBDIR)
     best = read_best(best_dir)
     if best is None:
         return None
     best_config, best_gan = checkpointing.load_run(best_dir, g_ema=config.g_ema)
     info = {"step": int(best_gan.step.numpy()), "in_training_fid": best["fid"],
             "in_training_samples": best["num_samples"], "generator": best_gan.output_generator_name}
-    return info, fid_lib.inference_generator(best_gan.output_generator, best_config, FLAGS.bn_samples)
+    return info, fid_lib.inference_generator(best_gan.output_generator, best_config, bn_samples)
 
 
-def run_features() -> dict:
+def run_features(opts: Options) -> dict:
     """`features`: the SVM protocol on the run's discriminator."""
-    config, gan = load_model()
-    config = _with_data_flags(config)
-    baselines = reports.FEATURE_BASELINES if FLAGS.baselines is None else FLAGS.baselines
+    config, gan = load_model(opts.model_dir, opts.checkpoint_step, opts.g_ema)
+    config = with_data(config, opts.dataset, opts.data_dir)
+    baselines = reports.FEATURE_BASELINES if opts.baselines is None else opts.baselines
     report = reports.feature_svm_report(
-        config, gan.discriminator, FLAGS.labels_per_class, FLAGS.train_examples, FLAGS.validation_examples,
-        FLAGS.test_examples, baselines, [float(c) for c in FLAGS.c_grid], FLAGS.seed)
-    return {"command": "features", "model_dir": FLAGS.model_dir, "step": int(gan.step.numpy()),
+        config, gan.discriminator, opts.labels_per_class, opts.train_examples, opts.validation_examples,
+        opts.test_examples, baselines, list(opts.c_grid), opts.seed)
+    return {"command": "features", "model_dir": opts.model_dir, "step": int(gan.step.numpy()),
             "dataset": config.dataset, **report}
 
 
-def run_fid() -> dict:
+def run_fid(opts: Options) -> dict:
     """`fid`: FID/KID of a run's or an export's generator."""
-    if bool(FLAGS.model_dir) == bool(FLAGS.export_dir):
+    if bool(opts.model_dir) == bool(opts.export_dir):
         raise app.UsageError("pass exactly one of --model_dir (a training run) or --export_dir (a serving export)")
-    extractor = fid_lib.make_extractor(FLAGS.extractor, FLAGS.inception_weights, FLAGS.classifier_path)
+    extractor = fid_lib.make_extractor(opts.extractor, opts.inception_weights, opts.classifier_path)
     others, best = {}, None
-    if FLAGS.model_dir:
-        config, gan = load_model()
-        generator = fid_lib.inference_generator(gan.output_generator, config, FLAGS.bn_samples)
+    if opts.model_dir:
+        config, gan = load_model(opts.model_dir, opts.checkpoint_step, opts.g_ema)
+        generator = fid_lib.inference_generator(gan.output_generator, config, opts.bn_samples)
         step = int(gan.step.numpy())
-        source = {"model_dir": FLAGS.model_dir, "generator": gan.output_generator_name}
-        best = load_best_generator(config) if FLAGS.best else None
+        source = {"model_dir": opts.model_dir, "generator": gan.output_generator_name}
+        best = load_best_generator(config, opts.model_dir, opts.bn_samples) if opts.best else None
         if best is not None:
             others["best_step"] = best[1]
     else:
-        generator, config = fid_lib.load_exported_generator(FLAGS.export_dir)
-        source, step = {"export_dir": FLAGS.export_dir, "generator": "ema" if config.g_ema else "raw"}, None
-    config = _with_data_flags(config)
-    baselines = reports.FID_BASELINES if FLAGS.baselines is None else FLAGS.baselines
-    report = reports.fid_report(config, generator, extractor, FLAGS.num_samples, baselines, FLAGS.bn_samples,
-                                FLAGS.kid_subsets, FLAGS.seed, others=others)
+        generator, config = fid_lib.load_exported_generator(opts.export_dir)
+        source, step = {"export_dir": opts.export_dir, "generator": "ema" if config.g_ema else "raw"}, None
+    config = with_data(config, opts.dataset, opts.data_dir)
+    baselines = reports.FID_BASELINES if opts.baselines is None else opts.baselines
+    report = reports.fid_report(config, generator, extractor, opts.num_samples, baselines, opts.bn_samples,
+                                opts.kid_subsets, opts.seed, others=others)
     if best is not None:
         report["best_step"] = {**best[0], **report["best_step"]}
-    return {"command": "fid", **source, "step": step, "dataset": config.dataset, "extractor": FLAGS.extractor,
-            **({"classifier_path": FLAGS.classifier_path} if FLAGS.extractor == "classifier" else {}),
+    return {"command": "fid", **source, "step": step, "dataset": config.dataset, "extractor": opts.extractor,
+            **({"classifier_path": opts.classifier_path} if opts.extractor == "classifier" else {}),
             **report}
 
 
-def run_train_classifier() -> dict:
+def run_train_classifier(opts: Options) -> dict:
     """`train-classifier`: the dataset's own FID feature network."""
-    if not FLAGS.dataset or not FLAGS.classifier_path:
+    if not opts.dataset or not opts.classifier_path:
         raise app.UsageError("train-classifier needs --dataset and --classifier_path=PATH.keras")
-    config = Config(dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, image_size=FLAGS.image_size,
-                    channels=FLAGS.channels, seed=FLAGS.seed, verbose=2)
+    config = Config(dataset=opts.dataset, data_dir=opts.data_dir, image_size=opts.image_size,
+                    channels=opts.channels, seed=opts.seed, verbose=2)
     validate_dataset_name(config.dataset)
-    result = fid_lib.train_classifier(config, FLAGS.classifier_path, FLAGS.epochs, FLAGS.batch_size)
+    result = fid_lib.train_classifier(config, opts.classifier_path, opts.epochs, opts.batch_size)
     return {"command": "train-classifier", "dataset": config.dataset, **result}
+
+
+RUNNERS = {"features": run_features, "fid": run_fid, "train-classifier": run_train_classifier}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Command line: one flag per Options field, its help text the field's comment above (see dcgan_tf/cli.py).
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The evaluate CLI's flags: one per Options field."""
+    cli.define_flags(Options, choices=CHOICES)
 
 
 def main(argv: list[str]) -> None:
@@ -170,14 +189,14 @@ def main(argv: list[str]) -> None:
     if len(argv) != 2 or argv[1] not in COMMANDS:
         raise app.UsageError(f"usage: python -m dcgan_tf.evaluate {{{'|'.join(COMMANDS)}}} --flags...; got "
                              f"{argv[1:]}")
-    runners = {"features": run_features, "fid": run_fid, "train-classifier": run_train_classifier}
     try:
-        result = runners[argv[1]]()
+        opts = cli.read_flags(Options, FLAGS)  # a list flag's values checked here (cli.FlagError is a ValueError)
+        result = RUNNERS[argv[1]](opts)
     except (ConfigError, DatasetError, checkpointing.CheckpointError, fid_lib.EvaluationError, ValueError) as e:
         logging.error("%s", e)
         sys.exit(f"error: {e}")
-    if FLAGS.output:
-        reports.write_json(FLAGS.output, result)
+    if opts.output:
+        reports.write_json(opts.output, result)
     print(json.dumps(result, indent=2))
 
 

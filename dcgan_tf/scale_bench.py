@@ -19,6 +19,7 @@ devices with and without --sync_batchnorm, alternating, on one fixed random batc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -30,11 +31,22 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from dcgan_tf import bench, checkpointing, distribute, fast_path, input_pipeline, train
+from dcgan_tf import bench, checkpointing, cli, distribute, fast_path, input_pipeline, train
 from dcgan_tf.config import Config
 from dcgan_tf.gan import build_gan
 
-FLAGS = flags.FLAGS
+
+@dataclasses.dataclass
+class Options:
+    """The benchmark's own settings; one --flag each, its help the comment."""
+
+    folder: str = ""  # where to write (or find) the JPEGs; default: a temporary folder
+    num_images: int = 6000  # JPEGs in the folder
+    source_size: int = 96  # side of each JPEG (centre-cropped and resized to image_size)
+    cache_limit_mb: int = 32  # in-memory limit for this run (the real one is 2048 MiB)
+    steps: str = "1000,50000"  # comma-separated steps to resume at
+    repeats: int = 2  # timed rounds, the settings interleaved (after one untimed warm-up)
+    steps_per_window: int = 10  # sync_batchnorm: steps per timed window
 
 
 def write_folder(folder: str, num_images: int, size: int) -> int:
@@ -71,12 +83,13 @@ def time_resume(config: Config, step: int) -> float:
     return time.perf_counter() - start
 
 
-def bench_sync_batchnorm() -> None:
-    """One JSON line: ms per step with synchronised and per-replica BatchNorm over --cpu_replicas CPU replicas."""
-    distribute.split_cpu(FLAGS.cpu_replicas)
+def bench_sync_batchnorm(config: Config, repeats: int, steps_per_window: int) -> None:
+    """One JSON line: ms per step with synchronised and per-replica BatchNorm over config.cpu_replicas replicas.
+
+    `config` gives the model (image_size, ngf, ndf, batch_size; 3 channels) and the number of CPU replicas.
+    """
+    distribute.split_cpu(config.cpu_replicas)
     strategy = distribute.new_mirrored_strategy([d.name for d in tf.config.list_logical_devices("CPU")])
-    config = Config(image_size=FLAGS.image_size, channels=3, ngf=FLAGS.ngf, ndf=FLAGS.ndf,
-                    batch_size=FLAGS.batch_size, train_steps=1)
     shape = [config.batch_size, config.image_size, config.image_size, 3]
     real = tf.data.Dataset.from_tensors(tf.random.stateless_uniform(shape, [0, 1], -1.0, 1.0)).repeat()
     gans = {}
@@ -85,12 +98,12 @@ def bench_sync_batchnorm() -> None:
         gans[sync].fit(real, steps_per_epoch=2, epochs=1, verbose=0)  # tracing, first-call allocations
     seconds: dict[bool, list[float]] = {True: [], False: []}
     cpu_seconds: dict[bool, list[float]] = {True: [], False: []}  # this process's CPU time: robust to other load
-    for _ in range(FLAGS.repeats):
+    for _ in range(repeats):
         for sync in (True, False):
             start, cpu = time.perf_counter(), time.process_time()
-            gans[sync].fit(real, steps_per_epoch=FLAGS.steps_per_window, epochs=1, verbose=0)
-            seconds[sync].append((time.perf_counter() - start) / FLAGS.steps_per_window)
-            cpu_seconds[sync].append((time.process_time() - cpu) / FLAGS.steps_per_window)
+            gans[sync].fit(real, steps_per_epoch=steps_per_window, epochs=1, verbose=0)
+            seconds[sync].append((time.perf_counter() - start) / steps_per_window)
+            cpu_seconds[sync].append((time.process_time() - cpu) / steps_per_window)
     ms = {sync: round(1e3 * statistics.median(s), 1) for sync, s in seconds.items()}
     cpu_ms = {sync: round(1e3 * statistics.median(s), 1) for sync, s in cpu_seconds.items()}
     print(json.dumps({
@@ -105,29 +118,18 @@ def bench_sync_batchnorm() -> None:
     }), flush=True)
 
 
-def main(argv: list[str]) -> None:
-    """`resume` or `sync_batchnorm`: one JSON line per measurement."""
-    if argv[1:] == ["sync_batchnorm"]:
-        bench_sync_batchnorm()
-        return
-    if argv[1:] != ["resume"]:
-        raise app.UsageError(f"usage: python -m dcgan_tf.scale_bench {{resume|sync_batchnorm}} [--flags]; "
-                             f"got {argv[1:]}")
-    bench_resume()
-
-
-def bench_resume() -> None:
+def bench_resume(opts: Options, image_size: int, batch_size: int) -> None:
     """Write the folder, then one JSON line per step: time to the first batch and to the first step."""
-    folder = FLAGS.folder or os.path.join(tempfile.gettempdir(), "dcgan-resume-bench")
-    count = write_folder(folder, FLAGS.num_images, FLAGS.source_size)
-    input_pipeline.CACHE_LIMIT_BYTES = FLAGS.cache_limit_mb * 1024**2
-    config = Config(dataset=f"folder:{folder}", image_size=FLAGS.image_size, channels=3, ngf=16, ndf=16,
-                    batch_size=FLAGS.batch_size, verbose=0, log_every=10**9, sample_every=10**9,
+    folder = opts.folder or os.path.join(tempfile.gettempdir(), "dcgan-resume-bench")
+    count = write_folder(folder, opts.num_images, opts.source_size)
+    input_pipeline.CACHE_LIMIT_BYTES = opts.cache_limit_mb * 1024**2
+    config = Config(dataset=f"folder:{folder}", image_size=image_size, channels=3, ngf=16, ndf=16,
+                    batch_size=batch_size, verbose=0, log_every=10**9, sample_every=10**9,
                     checkpoint_every=10**9, num_samples=4)
     data_bytes = count * config.image_size**2 * 3
-    steps = [int(s) for s in FLAGS.steps.split(",")]
+    steps = [int(s) for s in opts.steps.split(",")]
     times: dict[int, list[tuple[float, float]]] = {step: [] for step in steps}
-    for round_ in range(FLAGS.repeats + 1):  # round 0 warms up (first tracing, thread pools), untimed
+    for round_ in range(opts.repeats + 1):  # round 0 warms up (first tracing, thread pools), untimed
         for step in steps if round_ else steps[:1]:
             with tempfile.TemporaryDirectory() as run_dir:
                 run = config.replace(model_dir=run_dir)
@@ -137,27 +139,39 @@ def bench_resume() -> None:
     for step in steps:
         print(json.dumps({
             "step": step, "examples_skipped": step * config.batch_size, "images": count,
-            "decoded_mib": round(data_bytes / 1024**2, 1), "cache_limit_mib": FLAGS.cache_limit_mb,
+            "decoded_mib": round(data_bytes / 1024**2, 1), "cache_limit_mib": opts.cache_limit_mb,
             "seconds_to_first_batch": [round(p, 3) for p, _ in times[step]],
             "seconds_to_first_step": [round(r, 3) for _, r in times[step]],
             "machine": bench.machine(),
         }), flush=True)
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Command line: the model flags are Config fields (dcgan_tf/cli.py builds them), with this benchmark's defaults.
+
+CONFIG_FLAGS = ("image_size", "batch_size", "ngf", "ndf", "cpu_replicas")
+CONFIG_DEFAULTS = {"ngf": 32, "ndf": 32, "cpu_replicas": 2}
+FLAGS = flags.FLAGS
+
+
 def define_flags() -> None:
-    """The benchmark's flags."""
-    flags.DEFINE_string("folder", "", "where to write (or find) the JPEGs; default: a temporary folder")
-    flags.DEFINE_integer("num_images", 6000, "JPEGs in the folder")
-    flags.DEFINE_integer("source_size", 96, "side of each JPEG (centre-cropped and resized to image_size)")
-    flags.DEFINE_integer("image_size", 64, "training image size")
-    flags.DEFINE_integer("batch_size", 128, "global batch (the paper's 128)")
-    flags.DEFINE_integer("cache_limit_mb", 32, "in-memory limit for this run (the real one is 2048 MiB)")
-    flags.DEFINE_string("steps", "1000,50000", "comma-separated steps to resume at")
-    flags.DEFINE_integer("repeats", 2, "timed rounds, the settings interleaved (after one untimed warm-up)")
-    flags.DEFINE_integer("ngf", 32, "sync_batchnorm: generator width")
-    flags.DEFINE_integer("ndf", 32, "sync_batchnorm: discriminator width")
-    flags.DEFINE_integer("cpu_replicas", 2, "sync_batchnorm: logical CPU devices (replicas)")
-    flags.DEFINE_integer("steps_per_window", 10, "sync_batchnorm: steps per timed window")
+    """The benchmark's flags: Config's model flags (ngf, ndf and cpu_replicas for sync_batchnorm), then Options'."""
+    only_sync = {name: f"sync_batchnorm: {cli.field_help(Config)[name]}" for name in ("ngf", "ndf", "cpu_replicas")}
+    cli.define_config_flags(CONFIG_FLAGS, defaults=CONFIG_DEFAULTS, helps=only_sync)
+    cli.define_flags(Options)
+
+
+def main(argv: list[str]) -> None:
+    """`resume` or `sync_batchnorm`: one JSON line per measurement."""
+    if argv[1:] not in (["resume"], ["sync_batchnorm"]):
+        raise app.UsageError(f"usage: python -m dcgan_tf.scale_bench {{resume|sync_batchnorm}} [--flags]; "
+                             f"got {argv[1:]}")
+    config = cli.config_from_flags(FLAGS, CONFIG_FLAGS, base=Config(channels=3, train_steps=1))
+    opts = cli.read_flags(Options, FLAGS)
+    if argv[1] == "sync_batchnorm":
+        bench_sync_batchnorm(config, opts.repeats, opts.steps_per_window)
+    else:
+        bench_resume(opts, config.image_size, config.batch_size)
 
 
 if __name__ == "__main__":

@@ -224,38 +224,37 @@ def define_flags() -> None:
     flags.DEFINE_integer("retries", DEFAULT_RETRIES, "Retries with exponential backoff while UNAVAILABLE.")
 
 
-def _run() -> dict[str, Any]:
-    """Do what the flags ask; returns the JSON summary to print."""
+def _run(*, server: str, model: str, version: int | None, signature: str | None, num_images: int, seed: int,
+         seeds: list[str] | None, z_file: str | None, output: str, npy_output: str | None, batch_size: int,
+         metadata: bool, timeout: float, retries: int) -> dict[str, Any]:
+    """Do what the command line asks (each argument is the flag of that name); returns the JSON summary to print."""
     from dcgan_tf.images import make_grid, write_png
 
-    stub = make_stub(FLAGS.server)
-    if FLAGS.metadata:
-        return get_metadata(stub, FLAGS.model, FLAGS.version, FLAGS.timeout, FLAGS.retries)
-    signature = FLAGS.signature or (DEFAULT_SIGNATURE if FLAGS.z_file else SEEDS_SIGNATURE if FLAGS.seeds else
-                                    SAMPLE_SIGNATURE)
+    stub = make_stub(server)
+    if metadata:
+        return get_metadata(stub, model, version, timeout, retries)
+    signature = signature or (DEFAULT_SIGNATURE if z_file else SEEDS_SIGNATURE if seeds else SAMPLE_SIGNATURE)
     if signature == DEFAULT_SIGNATURE:
-        if not FLAGS.z_file:
+        if not z_file:
             raise app.UsageError("--signature=serving_default needs --z_file=z.npy (float32 [N, nz]); or use "
                                  "--signature=sample with --num_images and --seed")
-        images = generate(stub, np.load(FLAGS.z_file), FLAGS.model, FLAGS.version, "images",
-                          FLAGS.batch_size or None, FLAGS.timeout, FLAGS.retries)
+        images = generate(stub, np.load(z_file), model, version, "images", batch_size or None, timeout, retries)
     elif signature == SAMPLE_SIGNATURE:
-        images, _ = sample(stub, FLAGS.num_images, FLAGS.seed, FLAGS.model, FLAGS.version, FLAGS.timeout,
-                           FLAGS.retries)
+        images, _ = sample(stub, num_images, seed, model, version, timeout, retries)
     elif signature == SEEDS_SIGNATURE:
-        if not FLAGS.seeds:
+        if not seeds:
             raise app.UsageError("--signature=sample_seeds needs --seeds=S1,S2,... (one image per seed)")
         try:
-            seeds = [int(s) for s in FLAGS.seeds]
+            seed_values = [int(s) for s in seeds]
         except ValueError:
-            raise app.UsageError(f"--seeds={','.join(FLAGS.seeds)}: seeds must be integers") from None
-        images, _ = sample_seeds(stub, seeds, FLAGS.model, FLAGS.version, FLAGS.timeout, FLAGS.retries)
+            raise app.UsageError(f"--seeds={','.join(seeds)}: seeds must be integers") from None
+        images, _ = sample_seeds(stub, seed_values, model, version, timeout, retries)
     else:
         raise app.UsageError(f"--signature={signature!r}: use 'sample', 'sample_seeds' or 'serving_default'")
-    write_png(FLAGS.output, make_grid(images))
-    if FLAGS.npy_output:
-        np.save(FLAGS.npy_output, images)
-    return {"output": FLAGS.output, "num_images": int(len(images)), "signature": signature,
+    write_png(output, make_grid(images))
+    if npy_output:
+        np.save(npy_output, images)
+    return {"output": output, "num_images": int(len(images)), "signature": signature,
             "image_shape": list(images.shape[1:])}
 
 
@@ -264,7 +263,11 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     try:
-        print(json.dumps(_run(), indent=2))
+        summary = _run(server=FLAGS.server, model=FLAGS.model, version=FLAGS.version, signature=FLAGS.signature,
+                       num_images=FLAGS.num_images, seed=FLAGS.seed, seeds=FLAGS.seeds, z_file=FLAGS.z_file,
+                       output=FLAGS.output, npy_output=FLAGS.npy_output, batch_size=FLAGS.batch_size,
+                       metadata=FLAGS.metadata, timeout=FLAGS.timeout, retries=FLAGS.retries)
+        print(json.dumps(summary, indent=2))
     except grpc.RpcError as e:
         sys.exit(f"error: {FLAGS.server} answered {e.code().name}: {e.details()}")
 

@@ -128,3 +128,89 @@ def test_building_reads_no_ambient_state(module):
     used = {node.attr if isinstance(node, ast.Attribute) else node.id for node in ast.walk(definitions(module))
             if isinstance(node, (ast.Attribute, ast.Name))}
     assert not used & ambient, f"{module} reads {sorted(used & ambient)}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Flags: only a CLI's main() reads absl's FLAGS (the library takes explicit arguments); benchmarks are leaves.
+
+BENCHMARKS = {"dcgan_tf.bench", "dcgan_tf.scale_bench", "dcgan_tf.flops"}
+
+
+def flags_reads(tree: ast.Module) -> list[str]:
+    """Each reference to absl's FLAGS outside main() and the `flags_parser=` hook that app.run hands argv to.
+
+    At module level only `FLAGS = flags.FLAGS` and flag definitions may name it.
+    """
+    parsers = {kw.value.id for node in ast.walk(tree) if isinstance(node, ast.Call) for kw in node.keywords
+               if kw.arg == "flags_parser" and isinstance(kw.value, ast.Name)}
+    found = []
+
+    def is_flags(node: ast.AST) -> bool:
+        return (isinstance(node, ast.Name) and node.id == "FLAGS") or (
+            isinstance(node, ast.Attribute) and node.attr == "FLAGS") or (
+            isinstance(node, ast.alias) and node.name == "FLAGS")
+
+    def allowed_at_module_level(statement: ast.stmt) -> bool:
+        if isinstance(statement, ast.Assign):  # FLAGS = flags.FLAGS
+            targets = statement.targets
+            return len(targets) == 1 and isinstance(targets[0], ast.Name) and targets[0].id == "FLAGS" and \
+                isinstance(statement.value, ast.Attribute) and statement.value.attr == "FLAGS"
+        call = statement.value if isinstance(statement, ast.Expr) else None  # flags.DEFINE_x(..., flag_values=FLAGS)
+        return isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and \
+            call.func.attr.startswith(("DEFINE", "mark_flag"))
+
+    def visit(node: ast.AST, function: str | None) -> None:
+        if function is None and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            function = getattr(node, "name", "<lambda>")  # the outermost function owns what it encloses
+        if is_flags(node) and function not in {"main", *parsers}:
+            found.append(f"line {node.lineno}: FLAGS in {function + '()' if function else 'module-level code'}")
+        for child in ast.iter_child_nodes(node):
+            visit(child, function)
+
+    for statement in tree.body:
+        if not allowed_at_module_level(statement):
+            visit(statement, None)
+    return found
+
+
+def test_the_flags_reader_finds_reads_outside_main():
+    source = ("from absl import app, flags\nFLAGS = flags.FLAGS\nflags.DEFINE_integer('n', 1, 'n', flag_values=FLAGS)\n"
+              "def load(x=flags.FLAGS):\n    return FLAGS.n\n"
+              "def main(argv):\n    return [FLAGS.n for _ in argv]\n"
+              "def parse(argv):\n    return FLAGS(argv)\n"
+              "app.run(main, flags_parser=parse)\nLIMIT = FLAGS.n\n")
+    assert flags_reads(ast.parse(source)) == ["line 4: FLAGS in load()", "line 5: FLAGS in load()",
+                                              "line 11: FLAGS in module-level code"]
+
+
+def test_only_main_reads_absl_flags():
+    reads = {}
+    for top in (PACKAGE, "serving"):
+        for folder, _, files in os.walk(os.path.join(REPO, top)):
+            for name in sorted(files):
+                if name.endswith(".py"):
+                    path = os.path.join(folder, name)
+                    with open(path, encoding="utf-8") as f:
+                        found = flags_reads(ast.parse(f.read(), filename=path))
+                    if found:  # the functions, each once
+                        reads[os.path.relpath(path, REPO)] = sorted({read.split(": ", 1)[1] for read in found})
+    assert not reads, ("only main() may read absl FLAGS; pass the values to the library as arguments: "
+                       f"{reads}")
+
+
+def test_benchmarks_are_leaves_outside_the_training_import_graph():
+    graph = import_graph()
+    assert BENCHMARKS <= set(graph)
+    importers = {module: sorted(imports & BENCHMARKS) for module, imports in graph.items()
+                 if imports & BENCHMARKS and module not in BENCHMARKS}
+    assert not importers, f"only benchmarks may import benchmarks: {importers}"
+    training = {"dcgan_tf.train", "dcgan_tf.gan", "dcgan_tf.models", "dcgan_tf.input_pipeline", "dcgan_tf.callbacks",
+                "dcgan_tf.checkpointing", "dcgan_tf.export", "dcgan_tf.custom_loop", "dcgan_tf.distribute"}
+    reached, todo = set(), [m for m in graph if m in training or m.startswith("dcgan_tf.evaluation")]
+    while todo:
+        module = todo.pop()
+        if module not in reached:
+            reached.add(module)
+            todo.extend(graph.get(module, ()))
+    assert "dcgan_tf.gan" in reached and "dcgan_tf.evaluation.fid" in reached  # the walk sees the graph
+    assert not reached & BENCHMARKS, f"the training import graph reaches {sorted(reached & BENCHMARKS)}"
