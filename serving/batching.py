@@ -81,18 +81,20 @@ class SignatureBatcher:
 
     def run(self, inputs: Arrays) -> Arrays:
         """Queue the request, wait for its batch, return its own rows of the outputs."""
-        size = task_size(inputs, self._params.max_batch_size)
+        task = _Task(inputs, task_size(inputs, self._params.max_batch_size))
+        # The stopped check and the put happen under the lock stop() takes to queue its end marker, so a task is
+        # either queued before the marker (and the collector, which drains the queue up to it, runs it) or sees
+        # the batcher stopped: no task can land behind the marker and wait forever.
         with self._lock:
             stopped = self._stopped
             if not stopped:
-                if self._pending + size > self._params.max_enqueued_batches * self._params.max_batch_size:
+                if self._pending + task.size > self._params.max_enqueued_batches * self._params.max_batch_size:
                     raise ServingError(grpc.StatusCode.UNAVAILABLE,
                                        "The batch scheduling queue to which this task was submitted is full")
-                self._pending += size
+                self._pending += task.size
+                self._incoming.put(task)  # unbounded queue: never blocks while holding the lock
         if stopped:  # a request that raced with the unload of its version: run it alone, do not fail it
             return self._run_batch(inputs)
-        task = _Task(inputs, size)
-        self._incoming.put(task)
         task.done.wait()
         if task.error is not None:
             raise task.error
@@ -109,7 +111,7 @@ class SignatureBatcher:
             if self._stopped:
                 return
             self._stopped = True
-        self._incoming.put(None)
+            self._incoming.put(None)  # under the lock: after every task run() queued, before none
 
     def _next_batch(self, first: _Task) -> tuple[list[_Task], _Task | None, bool]:
         """(batch, the task that did not fit, stop seen) for the batch opened by `first`; holds a free thread."""

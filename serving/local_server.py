@@ -43,8 +43,9 @@ from serving.config import BatchingParameters, read_batching_parameters, read_ma
 from serving.errors import ServingError
 from serving.grpc_frontend import DEFAULT_MAX_MESSAGE_MB, grpc_options, start_grpc_server
 from serving.handlers import ModelServer
-from serving.rest_frontend import start_rest_server
-from serving.versions import LoadedVersion, ServedModel, load_version
+from serving.rest_frontend import DEFAULT_MAX_BODY_MB, DEFAULT_READ_TIMEOUT_S, start_rest_server
+from serving.versions import DEFAULT_LOAD_RETRY_INTERVAL_S, DEFAULT_MAX_LOAD_RETRIES, LoadedVersion, ServedModel, \
+    load_version
 
 # The names other modules and older callers import from here.
 __all__ = ["BatchingParameters", "LoadedVersion", "ModelServer", "ServedModel", "ServingError", "grpc_options",
@@ -68,6 +69,12 @@ def define_flags() -> None:
     flags.DEFINE_integer("rest_port", 0, "REST port (TF Serving's --rest_api_port); 0 = no REST server.")
     flags.DEFINE_alias("rest_api_port", "rest_port")
     flags.DEFINE_float("file_system_poll_wait_seconds", 1.0, "Seconds between polls of the base path for versions.")
+    flags.DEFINE_integer("max_num_load_retries", DEFAULT_MAX_LOAD_RETRIES,
+                         "Times a version that failed to load is retried (TF Serving's flag and default); a version "
+                         "whose files change after failing is loaded again once they stop changing.", lower_bound=0)
+    flags.DEFINE_integer("load_retry_interval_micros", int(DEFAULT_LOAD_RETRY_INTERVAL_S * 1e6),
+                         "Microseconds between those retries (TF Serving's flag and default, 1 minute).",
+                         lower_bound=0)
     flags.DEFINE_integer("max_batch_size", 1024, "Without batching: largest batch (or num_images) accepted; 0 = no "
                          "cap.")
     flags.DEFINE_bool("enable_batching", False, "Merge concurrent requests into batches like TF Serving's flag of "
@@ -75,6 +82,12 @@ def define_flags() -> None:
     flags.DEFINE_string("batching_parameters_file", None,
                         "TF Serving BatchingParameters text file; without --enable_batching only its max_batch_size "
                         "is used, as the cap.")
+    flags.DEFINE_integer("rest_max_body_mb", DEFAULT_MAX_BODY_MB,
+                         "Largest REST request body in MiB; a larger Content-Length is answered 413 before the body "
+                         "is read.", lower_bound=1)
+    flags.DEFINE_float("rest_read_timeout_seconds", DEFAULT_READ_TIMEOUT_S,
+                       "Seconds a REST client has to send a whole request (and to take its reply); slower or idle "
+                       "connections are closed.", lower_bound=0.001)
     flags.DEFINE_integer("grpc_threads", 8, "gRPC worker threads.")
     flags.DEFINE_integer("max_message_mb", DEFAULT_MAX_MESSAGE_MB, "gRPC message size limit in MiB.")
     flags.DEFINE_bool("enable_serialization_as_tensor_content", False,
@@ -102,15 +115,18 @@ def main(argv: list[str]) -> None:
     except (OSError, ValueError) as e:
         sys.exit(f"error: {e}")
     cap = batching.max_batch_size if FLAGS.batching_parameters_file or FLAGS.enable_batching else FLAGS.max_batch_size
-    core = ModelServer([ServedModel(name, base, cap, batching if FLAGS.enable_batching else None)
+    core = ModelServer([ServedModel(name, base, cap, batching if FLAGS.enable_batching else None,
+                                    max_load_retries=FLAGS.max_num_load_retries,
+                                    load_retry_interval_s=FLAGS.load_retry_interval_micros / 1e6)
                         for name, base in specs], as_content=FLAGS.enable_serialization_as_tensor_content)
     startup.log_devices()
     core.poll_all()  # like TF Serving: try to load what is there before accepting requests
     try:
         grpc_server, grpc_port = start_grpc_server(core, FLAGS.host, FLAGS.port, FLAGS.grpc_threads,
                                                    FLAGS.max_message_mb)
-        rest_server, rest_port = start_rest_server(core, FLAGS.host, FLAGS.rest_port) if FLAGS.rest_port else \
-            (None, 0)
+        rest_server, rest_port = start_rest_server(
+            core, FLAGS.host, FLAGS.rest_port, FLAGS.rest_max_body_mb, FLAGS.rest_read_timeout_seconds) \
+            if FLAGS.rest_port else (None, 0)
     except OSError as e:
         sys.exit(f"error: {e}")
     logging.info("Serving %s over gRPC on %s:%d%s (max batch %s%s).", ", ".join(core.models), FLAGS.host,

@@ -12,7 +12,7 @@ from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import predict_pb2
 
 from serving.errors import ServingError, invalid
-from serving.tensors import dtype_name, shape_dims, to_tensor_proto
+from serving.tensors import check_batch_size, check_shape, check_value_count, dtype_name, to_tensor_proto
 from serving.versions import LoadedVersion
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -38,38 +38,37 @@ def check_input_names(signature: meta_graph_pb2.SignatureDef, request: predict_p
                 "or default input alias set: ")
 
 
-def decode_inputs(signature: meta_graph_pb2.SignatureDef, request: predict_pb2.PredictRequest
-                  ) -> dict[str, np.ndarray]:
-    """Request tensors as numpy, checked against the signature's dtypes and shapes."""
+def decode_inputs(signature: meta_graph_pb2.SignatureDef, request: predict_pb2.PredictRequest,
+                  max_batch_size: int = 0) -> dict[str, np.ndarray]:
+    """Request tensors as numpy, checked against the signature's dtypes and shapes and the batch cap.
+
+    Everything a TensorProto declares (dtype, shape, value count) is checked before anything is allocated, so
+    what decoding costs is bounded by the size of the message itself.
+    """
     arrays = {}
     for index, alias in enumerate(sorted(signature.inputs)):
         info, proto = signature.inputs[alias], request.inputs[alias]
         if proto.dtype != info.dtype:
             raise invalid(f"Expects arg[{index}] to be {dtype_name(info.dtype)} but {dtype_name(proto.dtype)} "
                           "is provided")
+        dims = [d.size for d in proto.tensor_shape.dim]
+        if proto.tensor_shape.unknown_rank or any(d < 0 for d in dims):
+            raise invalid(f"tensor parsing error: {alias}: a request tensor needs a known shape with sizes >= 0, "
+                          f"got {'unknown rank' if proto.tensor_shape.unknown_rank else dims}")
+        check_shape(alias, dims, info)
+        if dims:
+            check_batch_size(dims[0], max_batch_size)
+        problem = check_value_count(proto, dims)
+        if problem:
+            raise invalid(f"tensor parsing error: {alias}: {problem}")
         try:
-            array = tf.make_ndarray(proto)
-        except Exception:  # any malformed proto; TF Serving's message names only the alias
+            arrays[alias] = tf.make_ndarray(proto)
+        except Exception:  # any other malformed proto; TF Serving's message names only the alias
             raise invalid(f"tensor parsing error: {alias}") from None
-        expected = shape_dims(info.tensor_shape)
-        if expected is not None and (len(expected) != array.ndim or
-                                     any(e not in (-1, a) for e, a in zip(expected, array.shape))):
-            raise invalid(f"input {alias!r} has shape {list(array.shape)}, the signature needs "
-                          f"{expected} (-1 = any size)")
-        arrays[alias] = array
+    if BATCH_SIZE_INPUT in arrays and arrays[BATCH_SIZE_INPUT].ndim == 0 and \
+            np.issubdtype(arrays[BATCH_SIZE_INPUT].dtype, np.integer):  # a scalar batch size counts as one
+        check_batch_size(int(arrays[BATCH_SIZE_INPUT]), max_batch_size)
     return arrays
-
-
-def check_batch_size(arrays: dict[str, np.ndarray], max_batch_size: int) -> None:
-    """Refuse a batch over the cap with TF Serving's batching message (a scalar num_images counts as one)."""
-    if max_batch_size <= 0:
-        return
-    sizes = [int(a.shape[0]) for a in arrays.values() if a.ndim >= 1]
-    if BATCH_SIZE_INPUT in arrays and arrays[BATCH_SIZE_INPUT].ndim == 0:
-        sizes.append(int(arrays[BATCH_SIZE_INPUT]))
-    for size in sizes:
-        if size > max_batch_size:
-            raise invalid(f"Task size {size} is larger than maximum input batch size {max_batch_size}")
 
 
 def output_aliases(signature: meta_graph_pb2.SignatureDef, request: predict_pb2.PredictRequest) -> list[str]:
@@ -98,8 +97,7 @@ def run_predict(served: LoadedVersion, request: predict_pb2.PredictRequest, max_
                            f"Expected prediction signature method_name to be one of {{{', '.join(PREDICT_METHODS)}}}"
                            f". Was: {signature.method_name}")
     check_input_names(signature, request)
-    arrays = decode_inputs(signature, request)
-    check_batch_size(arrays, max_batch_size)
+    arrays = decode_inputs(signature, request, max_batch_size)
     aliases = output_aliases(signature, request)
     outputs = served.run(signature_name, arrays)
     response = predict_pb2.PredictResponse()

@@ -3,27 +3,39 @@
 from __future__ import annotations
 
 import http.server
+import io
 import json
+import math
 import re
+import socket
 import threading
+import time
 from typing import Any, Callable
 
 import grpc
-import numpy as np
 import tensorflow as tf
 from absl import logging
 from google.protobuf import json_format
-from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, predict_pb2
 
+from serving import json_tensor
 from serving.errors import ServingError, invalid
 from serving.handlers import ModelServer
 from serving.predict import DEFAULT_SIGNATURE
 
 # TF Serving's own URL patterns (http_rest_api_util.cc).
-_VERSION_OR_LABEL = r"(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?"
+_VERSION_OR_LABEL = r"(?:(?:/versions/([0-9]+))|(?:/labels/([^/:]+)))?"
 _PREDICT_PATH = re.compile(r"/v1/models/([^/:]+)" + _VERSION_OR_LABEL + r":(classify|regress|predict)", re.IGNORECASE)
 _STATUS_PATH = re.compile(r"/v1/models(?:/([^/:]+))?" + _VERSION_OR_LABEL + r"(?:/(metadata))?", re.IGNORECASE)
+_DIGITS = re.compile(r"[0-9]+")
+# A limit on request bodies: JSON parses into Python objects that take up to ~20x the text (a list of empty
+# lists), so 16 MiB bounds one request's parse to a few hundred MB; the largest DCGAN request the default
+# --max_batch_size allows (1024 z of nz=100, about 2 MB as JSON) fits 8 times over. Larger inputs: gRPC.
+DEFAULT_MAX_BODY_MB = 16
+# Seconds a client has to send a whole request (as TF Serving's --rest_api_timeout_in_ms default of 30 s bounds
+# a request's handling); an idle keep-alive connection is closed after as long.
+DEFAULT_READ_TIMEOUT_S = 30.0
+LINGER_S = 2.0  # how long a refused request's unread body is drained before the connection closes
 _HTTP_CODES = {
     grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.FAILED_PRECONDITION: 400,
     grpc.StatusCode.OUT_OF_RANGE: 400, grpc.StatusCode.NOT_FOUND: 404, grpc.StatusCode.UNIMPLEMENTED: 501,
@@ -32,48 +44,18 @@ _HTTP_CODES = {
 }
 
 
+MAX_VERSION = 2**63 - 1  # ModelSpec.version is an int64
+
+
 def _model_spec(name: str, version: str | None, label: str | None, spec) -> None:
     """Fill a ModelSpec from the URL parts."""
     spec.name = name
     if version:
+        if len(version) > 19 or int(version) > MAX_VERSION:
+            raise invalid(f"Failed to convert version: {version} to numeric.")
         spec.version.value = int(version)
     if label:
         spec.version_label = label
-
-
-def _json_inputs(body: dict[str, Any], signature: meta_graph_pb2.SignatureDef
-                 ) -> tuple[dict[str, np.ndarray], str]:
-    """A predict body's tensors (row "instances" or columnar "inputs") and its format."""
-    if ("instances" in body) == ("inputs" in body):
-        if "instances" in body:
-            raise invalid("Not formatted correctly expecting only one of 'inputs' or 'instances' keys to exist ")
-        raise invalid("Missing 'inputs' or 'instances' key")
-    names = sorted(signature.inputs)
-    fmt = "row" if "instances" in body else "columnar"
-    data = body["instances"] if fmt == "row" else body["inputs"]
-    if fmt == "row":
-        if not isinstance(data, list):
-            raise invalid("Expecting 'instances' to be an list/array")
-        if data and all(isinstance(x, dict) for x in data):
-            values = {name: [row.get(name) for row in data] for name in {k for row in data for k in row}}
-        elif len(names) == 1:
-            values = {names[0]: data}
-        else:
-            raise invalid(f"Expecting object per instance with the signature's inputs {names}")
-    else:
-        values = data if isinstance(data, dict) else ({names[0]: data} if len(names) == 1 else None)
-        if values is None:
-            raise invalid(f"Expecting 'inputs' to be an object with the signature's inputs {names}")
-    arrays = {}
-    for name, value in values.items():
-        info = signature.inputs.get(name)
-        dtype = tf.as_dtype(info.dtype).as_numpy_dtype if info is not None else None
-        try:
-            arrays[name] = np.asarray(value, dtype=dtype)
-        except (TypeError, ValueError) as e:
-            raise invalid(f"Failed to process element: {name} of '{fmt == 'row' and 'instances' or 'inputs'}'"
-                           f" list. Error: {e}") from None
-    return arrays, fmt
 
 
 def _json_outputs(response: predict_pb2.PredictResponse, fmt: str) -> dict[str, Any]:
@@ -90,24 +72,85 @@ def _json_outputs(response: predict_pb2.PredictResponse, fmt: str) -> dict[str, 
     return {"predictions": [{k: v[i].tolist() for k, v in outputs.items()} for i in range(next(iter(sizes.values())))]}
 
 
+class _TimedSocketReader(io.RawIOBase):
+    """A connection's reads, all bounded by the deadline of the request being read (per request, not per recv:
+    a client sending one byte at a time must not hold its thread forever)."""
+
+    def __init__(self, connection: socket.socket):
+        super().__init__()
+        self._connection = connection
+        self.deadline = math.inf
+        self.probing = False  # read only what has already arrived, without waiting
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int | None:
+        if self.probing:
+            self._connection.settimeout(0.0)  # non-blocking (a timeout would make recv wait for data first)
+            try:
+                return self._connection.recv_into(buffer)
+            except (BlockingIOError, InterruptedError):
+                return None
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the client did not send its whole request within --rest_read_timeout_seconds")
+        self._connection.settimeout(remaining)
+        return self._connection.recv_into(buffer)
+
+
 class RestHandler(http.server.BaseHTTPRequestHandler):
-    """TF Serving's REST API on top of a ModelServer (set as the class attribute `core`)."""
+    """TF Serving's REST API on top of a ModelServer (class attributes: `core` and the limits)."""
 
     core: ModelServer
+    max_body_bytes: int = DEFAULT_MAX_BODY_MB * 1024 * 1024
+    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S
     protocol_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        """Read the connection through a reader that enforces the request deadline."""
+        super().setup()
+        self.rfile.close()
+        self._reader = _TimedSocketReader(self.connection)
+        self.rfile = io.BufferedReader(self._reader, 64 * 1024)
+
+    def handle_one_request(self) -> None:
+        """One request: the client has read_timeout_s from now to send it (an idle keep-alive connection too)."""
+        self._reader.deadline = time.monotonic() + self.read_timeout_s
+        super().handle_one_request()
 
     def log_message(self, format: str, *args: Any) -> None:
         """Route access logs to absl at debug level."""
         logging.debug("REST %s", format % args)
 
     def _reply(self, status: int, payload: dict[str, Any]) -> None:
-        """Send a JSON reply."""
+        """Send a JSON reply (within read_timeout_s: a client that does not read must not hold the thread)."""
         data = json.dumps(payload).encode()
+        self.connection.settimeout(self.read_timeout_s)
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(data)
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer a request whose body is not read, and close the connection (its framing is lost)."""
+        self.close_connection = True
+        self._reply(status, {"error": message})
+        self.wfile.flush()
+        # Closing with unread data makes the kernel send a reset, which can destroy the reply before a client
+        # still sending its body reads it: stop writing, then discard what arrives for a short while.
+        try:
+            self.connection.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + min(LINGER_S, self.read_timeout_s)
+            while (remaining := deadline - time.monotonic()) > 0:
+                self.connection.settimeout(remaining)
+                if not self.connection.recv(64 * 1024):
+                    break
+        except OSError:  # includes the timeout: the connection is closed next either way
+            pass
 
     def _dispatch(self, work: Callable[[], dict[str, Any]]) -> None:
         """Run a handler, turning ServingError into TF Serving's {"error": ...} with its HTTP code."""
@@ -119,14 +162,62 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
             logging.exception("Internal error")
             self._reply(500, {"error": f"{type(e).__name__}: {e}"})
 
+    def _body_length(self) -> int | None:
+        """The declared body length, or None after refusing a request whose length is bad or too large."""
+        if self.headers.get("Transfer-Encoding") is not None:
+            self._refuse(411, "Transfer-Encoding is not supported: send the body with a Content-Length header")
+            return None
+        values = self.headers.get_all("Content-Length") or []
+        if len(values) > 1:
+            self._refuse(400, f"{len(values)} Content-Length headers: send exactly one")
+            return None
+        value = values[0].strip() if values else "0"
+        if not _DIGITS.fullmatch(value):
+            self._refuse(400, f"Content-Length {value[:40]!r} is not a non-negative decimal integer")
+            return None
+        length = int(value) if len(value) <= 19 else math.inf
+        if length > self.max_body_bytes:
+            self._refuse(413, f"The request body of {value[:40]} bytes is larger than this server's maximum of "
+                              f"{self.max_body_bytes} bytes (--rest_max_body_mb): send fewer rows per request, "
+                              "use gRPC, or raise the flag")
+            return None
+        return length
+
+    def handle_expect_100(self) -> bool:
+        """Answer `Expect: 100-continue` with the refusal instead of 100 when the body would be refused anyway."""
+        if self._body_length() is None:
+            return False
+        return super().handle_expect_100()
+
+    def _read_body(self) -> bytes | None:
+        """The request body (None when refused, or when the client closed before sending all of it)."""
+        length = self._body_length()
+        if length is None:
+            return None
+        body = self.rfile.read(length)
+        if len(body) < length:
+            self.close_connection = True
+            return None
+        # Bytes already sent after the declared body cannot be told apart from a smuggled request: answer this
+        # one and close instead of parsing them as the next request.
+        self._reader.probing = True
+        try:
+            if self.rfile.peek(1):
+                self.close_connection = True
+        finally:
+            self._reader.probing = False
+        return body
+
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         """Model status or metadata."""
-        self._dispatch(self._get)
+        if self._read_body() is not None:  # a GET may carry a body: it is read (within the limits) and ignored
+            self._dispatch(self._get)
 
     def do_POST(self) -> None:  # noqa: N802
         """Predict."""
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        self._dispatch(lambda: self._post(body))
+        body = self._read_body()
+        if body is not None:
+            self._dispatch(lambda: self._post(body))
 
     def _check_api_path(self) -> None:
         """Paths outside /v1/ are not part of the API (TF Serving does not dispatch them)."""
@@ -163,30 +254,51 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
         name, version, label, method = match.groups()
         if method.lower() != "predict":
             raise ServingError(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not supported by this server")
-        try:
-            body = json.loads(raw or b"null")
-        except ValueError as e:
-            raise invalid(f"JSON Parse error: {e}") from None
-        if not isinstance(body, dict):
-            raise invalid("JSON Value: is not of expected type: Object")
+        body = json_tensor.parse_body(raw)
         request = predict_pb2.PredictRequest()
         _model_spec(name, version, label, request.model_spec)
-        request.model_spec.signature_name = body.get("signature_name", "")
-        _, served = self.core.resolve(request.model_spec)
-        signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+        signature_name = body.get("signature_name", "")
+        if not isinstance(signature_name, str):
+            raise invalid(f"JSON Value: {json_tensor.debug_string(body)} not formatted correctly. 'signature_name' "
+                          "key must be a string value.")
+        request.model_spec.signature_name = signature_name
+        model, served = self.core.resolve(request.model_spec)
+        signature_name = signature_name or DEFAULT_SIGNATURE
         signature = served.signature_defs.get(signature_name)
         if signature is None:
             raise invalid(f'Serving signature name: "{signature_name}" not found in signature def')
-        arrays, fmt = _json_inputs(body, signature)
+        arrays, fmt = json_tensor.request_arrays(body, signature, model.max_batch_size)
         for key, array in arrays.items():
             request.inputs[key].CopyFrom(tf.make_tensor_proto(array))
         return _json_outputs(self.core.predict(request), fmt)
 
 
-def start_rest_server(core: ModelServer, host: str, port: int) -> tuple[http.server.ThreadingHTTPServer, int]:
+class RestServer(http.server.ThreadingHTTPServer):
+    """The REST server: one daemon thread per connection, each bounded in time by the handler's read timeout."""
+
+    daemon_threads = True
+    # socketserver's default backlog of 5 makes a burst of connections wait seconds for SYN retries, or fail.
+    request_queue_size = socket.SOMAXCONN
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A connection that failed outside a request's handling (e.g. reset by the client): a debug line."""
+        logging.debug("REST connection from %s ended with an error", client_address, exc_info=True)
+
+
+def make_rest_server(core: ModelServer, host: str, port: int, max_body_mb: int = DEFAULT_MAX_BODY_MB,
+                     read_timeout_s: float = DEFAULT_READ_TIMEOUT_S) -> RestServer:
+    """The REST server bound and listening (not yet serving)."""
+    if max_body_mb < 1 or read_timeout_s <= 0:
+        raise ValueError(f"the REST body limit ({max_body_mb} MiB) must be >= 1 and the read timeout "
+                         f"({read_timeout_s} s) > 0")
+    handler = type("BoundRestHandler", (RestHandler,), {"core": core, "max_body_bytes": max_body_mb * 1024 * 1024,
+                                                        "read_timeout_s": read_timeout_s})
+    return RestServer((host, port), handler)
+
+
+def start_rest_server(core: ModelServer, host: str, port: int, max_body_mb: int = DEFAULT_MAX_BODY_MB,
+                      read_timeout_s: float = DEFAULT_READ_TIMEOUT_S) -> tuple[RestServer, int]:
     """Start the REST server in a daemon thread; returns it and the bound port."""
-    handler = type("BoundRestHandler", (RestHandler,), {"core": core})
-    server = http.server.ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
+    server = make_rest_server(core, host, port, max_body_mb, read_timeout_s)
     threading.Thread(target=server.serve_forever, name="rest", daemon=True).start()
     return server, server.server_address[1]

@@ -30,7 +30,12 @@ from serving.errors import ServingError, from_op_error
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MAX_WARMUP_RECORDS = 1000  # TF Serving's limit
-MAX_LOAD_ATTEMPTS = 5  # like TF Serving's --max_num_load_retries default
+# TF Serving's defaults for --max_num_load_retries (retries after the first failure) and
+# --load_retry_interval_micros (between retries): tensorflow_serving/model_servers/server.h (Options) and
+# main.cc, also core/basic_manager.h; the retry loop is util/retrier.cc (tensorflow/serving at 9d981c5).
+DEFAULT_MAX_LOAD_RETRIES = 5
+DEFAULT_LOAD_RETRY_INTERVAL_S = 60.0
+_MAX_FINGERPRINT_FILES = 10_000  # a version folder is a SavedModel: a few files, rarely more than a hundred
 State = get_model_status_pb2.ModelVersionStatus.State
 Arrays = dict[str, np.ndarray]
 
@@ -136,21 +141,58 @@ class VersionStatus:
     error_message: str = ""
 
 
+def folder_fingerprint(path: str) -> tuple[tuple[str, int, int], ...]:
+    """(relative path, size, mtime) of the files under `path`: it changes while a copy is still writing them."""
+    entries = []
+    for root, _, files in os.walk(path):
+        for name in files:
+            full = os.path.join(root, name)
+            try:
+                info = os.stat(full)
+            except OSError:  # removed while we walked: the folder is still changing
+                continue
+            entries.append((os.path.relpath(full, path), info.st_size, info.st_mtime_ns))
+            if len(entries) >= _MAX_FINGERPRINT_FILES:
+                return tuple(sorted(entries))
+    return tuple(sorted(entries))
+
+
+@dataclasses.dataclass
+class _Failure:
+    """A version that failed to load: when, how often it was retried, and its files at the last attempt."""
+
+    at: float
+    retries: int
+    fingerprint: tuple
+    seen: tuple  # the files at the latest poll (a retry after a change waits until they stop changing)
+
+
 class ServedModel:
-    """One model name: its base path, the served version and the states of all versions seen."""
+    """One model name: its base path, the served version and the states of all versions seen.
+
+    A version that fails to load is retried like TF Serving does (`max_load_retries` times,
+    `load_retry_interval_s` apart) and, beyond TF Serving, again whenever its files changed and then stayed
+    unchanged for one poll: a version copied into the base path non-atomically fails while the copy runs and is
+    served once it is complete, without a restart.
+    """
 
     def __init__(self, name: str, base_path: str, max_batch_size: int = 0,
-                 batching: BatchingParameters | None = None):
+                 batching: BatchingParameters | None = None, max_load_retries: int = DEFAULT_MAX_LOAD_RETRIES,
+                 load_retry_interval_s: float = DEFAULT_LOAD_RETRY_INTERVAL_S,
+                 clock: Callable[[], float] = time.monotonic):
         self.name = name
         self.base_path = os.path.abspath(base_path)
         self.batching = batching
         # With batching, the batching parameters' max_batch_size is the cap (as in TF Serving).
         self.max_batch_size = batching.max_batch_size if batching is not None else max_batch_size
+        self.max_load_retries = max_load_retries
+        self.load_retry_interval_s = load_retry_interval_s
+        self._clock = clock
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
         self._current: LoadedVersion | None = None
         self._statuses: dict[int, VersionStatus] = {}
-        self._attempts: dict[int, int] = {}
+        self._failures: dict[int, _Failure] = {}
         self._warned_empty = False
 
     @property
@@ -180,15 +222,35 @@ class ServedModel:
             self._warned_empty = False
             target = versions[-1]
             current = self.current
-            if (current is not None and current.version == target) or \
-                    self._attempts.get(target, 0) >= MAX_LOAD_ATTEMPTS:
+            if current is not None and current.version == target:
+                return
+            failure = self._failures.get(target)
+            if failure is not None and not self._retry_now(target, failure):
                 return
             self._load_and_swap(target, run_predict)
+
+    def _retry_now(self, version: int, failure: _Failure) -> bool:
+        """Whether a version that failed should be loaded again at this poll."""
+        files = folder_fingerprint(os.path.join(self.base_path, str(version)))
+        changed, settled = files != failure.fingerprint, files == failure.seen
+        failure.seen = files
+        if changed:  # a new attempt once the files stopped changing, with a fresh count of retries
+            if settled:
+                failure.retries = 0
+                logging.info("Version %d of %s changed on disk since it failed to load: loading it again.",
+                             version, self.name)
+            return settled
+        if failure.retries >= self.max_load_retries or self._clock() - failure.at < self.load_retry_interval_s:
+            return False
+        failure.retries += 1
+        logging.info("Retrying the load of version %d of %s (retry %d of %d).", version, self.name,
+                     failure.retries, self.max_load_retries)
+        return True
 
     def _load_and_swap(self, version: int, run_predict: Callable[[LoadedVersion, object], object]) -> None:
         """Load `version`; on success make it the served one, on failure keep serving the old one."""
         path = os.path.join(self.base_path, str(version))
-        self._attempts[version] = self._attempts.get(version, 0) + 1
+        files = folder_fingerprint(path)
         self._set_status(version, VersionStatus(State.LOADING))
         start = time.monotonic()
         loaded = None
@@ -202,12 +264,18 @@ class ServedModel:
                 code, message = e.code.value[0], f"{e.code.name}: {e.message}"
             else:
                 code, message = getattr(e, "error_code", grpc.StatusCode.UNKNOWN.value[0]), f"{type(e).__name__}: {e}"
+            # GetModelStatus shows END with the error after each failed attempt (TF Serving shows LOADING until
+            # its retries are spent): a client polling the status sees every failure as it happens.
             self._set_status(version, VersionStatus(State.END, code, message))
+            previous = self._failures.get(version)
+            retries = previous.retries if previous is not None and previous.fingerprint == files else 0
+            self._failures[version] = _Failure(self._clock(), retries, files, files)
             old = self.current
-            logging.error("Loading version %d of %s from %s failed (attempt %d of %d): %s. %s", version, self.name,
-                          path, self._attempts[version], MAX_LOAD_ATTEMPTS, e,
+            logging.error("Loading version %d of %s from %s failed (%d of %d retries used): %s. %s", version, self.name,
+                          path, retries, self.max_load_retries, e,
                           f"Still serving version {old.version}." if old else "No version is served.")
             return
+        self._failures.pop(version, None)
         with self._lock:
             old, self._current = self._current, loaded
             self._statuses[version] = VersionStatus(State.AVAILABLE)
