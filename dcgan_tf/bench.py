@@ -243,7 +243,7 @@ def bench_sample(config: Config, model_dir: str | None = None, grpc: bool = Fals
             results.append({**settings, "path": "grpc_local_server",
                             **_bench_grpc(base, z1, zb, batch, repeats, windows)})
         if clients > 0:
-            from serving import config as serving_config
+            from serving.dev_server import config as serving_config
 
             params = serving_config.read_batching_parameters(batching_parameters_file) if \
                 batching_parameters_file else serving_config.BatchingParameters()
@@ -257,7 +257,7 @@ def bench_sample(config: Config, model_dir: str | None = None, grpc: bool = Fals
 def _bench_session(version_dir: str, z1: np.ndarray, zb: np.ndarray, batch: int, repeats: int, windows: int
                    ) -> dict[str, float]:
     """serving_default run the way TF Serving runs it: session-based loader, SignatureDef tensor names."""
-    from serving import versions
+    from serving.dev_server import versions
 
     loaded = versions.load_version("dcgan", 1, version_dir)
     stats = _latency_stats(lambda: loaded.run_session(SERVING_DEFAULT, {"z": z1})["images"], repeats)
@@ -268,7 +268,7 @@ def _bench_session(version_dir: str, z1: np.ndarray, zb: np.ndarray, batch: int,
 def _local_server(base: str, threads: int, batching: Any = None, with_core: bool = False) -> tuple[Any, ...]:
     """serving/local_server.py's core over `base` with a gRPC front end on a free loopback port: (server, port)
     or, with_core, (server, port, core)."""
-    from serving import grpc_frontend, handlers, versions
+    from serving.dev_server import grpc_frontend, handlers, versions
 
     core = handlers.ModelServer([versions.ServedModel("dcgan", base, batching=batching)])
     core.poll_all()  # loads and warms up version 1

@@ -15,10 +15,10 @@ import numpy as np
 import tensorflow as tf
 
 from serving import client
-from serving.grpc_frontend import start_grpc_server
-from serving.handlers import ModelServer
-from serving.rest_frontend import start_rest_server
-from serving.versions import ServedModel
+from serving.dev_server.grpc_frontend import start_grpc_server
+from serving.dev_server.handlers import ModelServer
+from serving.dev_server.rest_frontend import start_rest_server
+from serving.dev_server.versions import ServedModel
 
 HOST = "127.0.0.1"
 WIDTH = 4  # the row width of `serving_default` and of every output

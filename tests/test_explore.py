@@ -377,7 +377,7 @@ def test_outputs_are_deterministic(run_dir, tmp_path):
 def test_export_and_server_give_the_same_samples_as_the_run(gan, run_dir, tmp_path):
     """--export_dir and --server (serving.local_server in-process) draw the same images as --model_dir."""
     from dcgan_tf import export
-    from serving import local_server
+    from serving import dev_server as local_server
 
     base = str(tmp_path / "export")
     export.export_generator(gan, CONFIG, base, version=1, bn_samples=256)  # explore_run's --bn_samples
@@ -406,7 +406,7 @@ def test_export_and_server_give_the_same_samples_as_the_run(gan, run_dir, tmp_pa
 def test_server_z_dist_is_the_served_models_own(tmp_path):
     """A generator trained with --z_dist=normal, served: explore --server draws normal z without being told."""
     from dcgan_tf import export
-    from serving import local_server
+    from serving import dev_server as local_server
 
     config = CONFIG.replace(z_dist="normal")
     keras.utils.set_random_seed(0)

@@ -6,8 +6,10 @@ on disk (new version, broken version) come last, in file order.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -30,9 +32,10 @@ from dcgan_tf.config import Config
 from dcgan_tf.images import read_png, to_uint8
 from dcgan_tf.gan import build_gan
 from dcgan_tf.train import train
-from serving import batching, client, local_server
-from serving import config as serving_config
-from serving.errors import ServingError
+from serving import client, dev_server
+from serving.dev_server import batching
+from serving.dev_server import config as serving_config
+from serving.dev_server.errors import ServingError
 
 REPO = Path(__file__).resolve().parents[1]
 NZ = 16
@@ -347,10 +350,10 @@ def test_client_cli_and_server_help(run, server, stub, tmp_path):
 @pytest.fixture(scope="module")
 def batching_server(run):
     """The local server core with batching on (max 8 rows, 300 ms timeout), gRPC on a free loopback port."""
-    params = local_server.BatchingParameters(max_batch_size=8, batch_timeout_micros=300_000, num_batch_threads=2)
-    core = local_server.ModelServer([local_server.ServedModel("dcgan", str(run.export_base), batching=params)])
+    params = dev_server.BatchingParameters(max_batch_size=8, batch_timeout_micros=300_000, num_batch_threads=2)
+    core = dev_server.ModelServer([dev_server.ServedModel("dcgan", str(run.export_base), batching=params)])
     core.poll_all()
-    server, port = local_server.start_grpc_server(core, HOST, 0, threads=12, max_message_mb=64)
+    server, port = dev_server.start_grpc_server(core, HOST, 0, threads=12, max_message_mb=64)
     channel = client.make_channel(f"{HOST}:{port}")
     yield core, client.prediction_service_pb2_grpc.PredictionServiceStub(channel)
     channel.close()
@@ -529,10 +532,10 @@ def test_export_that_tf_serving_cannot_run_fails_to_load_here_too(run, channel, 
 
 
 def test_models_config_and_batching_parameters_parse():
-    assert local_server.read_model_config(str(REPO / "serving" / "models.config")) == [("dcgan", "/models/dcgan")]
-    params = local_server.read_batching_parameters(str(REPO / "serving" / "batching_parameters.txt"))
+    assert dev_server.read_model_config(str(REPO / "serving" / "models.config")) == [("dcgan", "/models/dcgan")]
+    params = dev_server.read_batching_parameters(str(REPO / "serving" / "batching_parameters.txt"))
     assert (params.max_batch_size, params.batch_timeout_micros, params.num_batch_threads) == (64, 2000, 4)
-    assert local_server.read_max_batch_size(str(REPO / "serving" / "batching_parameters.txt")) == 64
+    assert dev_server.read_max_batch_size(str(REPO / "serving" / "batching_parameters.txt")) == 64
     parsed = serving_config.parse_batching_parameters(
         "max_batch_size { value: 16 }  # comment\nallowed_batch_sizes: 4\nallowed_batch_sizes: 16\n"
         "pad_variable_length_inputs: true")
@@ -615,3 +618,71 @@ def test_bench_sample_measures_every_path_without_errors():
     assert by_path["grpc_concurrent_batched"]["batching"]["max_batch_size"] == 64
     assert by_path["grpc_concurrent_batched"]["rows_per_batched_run"] >= 1
     assert all(r["img_per_s"] > 0 for r in results)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Layout: the development server is generic, in its own sub-package, and outside training's imports.
+
+DEV_SERVER = REPO / "serving" / "dev_server"
+
+
+def _python_files(folder) -> list[str]:
+    """The .py files under `folder`."""
+    return sorted(os.path.join(root, name) for root, _, files in os.walk(folder) for name in files
+                  if name.endswith(".py"))
+
+
+def _imports(path: str) -> set[str]:
+    """Every module `path` imports, at any depth of its source (`from a import b` counts as a and a.b)."""
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), filename=path)
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    return found
+
+
+def test_the_development_server_knows_nothing_of_dcgan():
+    named = {}
+    for path in _python_files(DEV_SERVER):
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        hits = sorted({m.group(0) for m in re.finditer(r"(?i)dcgan|num_images|\"serving_default\"|PITFALLS", text)})
+        if hits:
+            named[os.path.relpath(path, REPO)] = hits
+        assert not any(m.startswith("dcgan_tf") for m in _imports(path)), f"{path} imports the training package"
+    assert not named, f"DCGAN (or other outside) names in the generic server: {named}"
+    top = sorted(os.listdir(os.path.join(REPO, "serving")))
+    for kept in ("client.py", "models.config", "batching_parameters.txt", "docker-compose.yml", "run_tf_serving.sh",
+                 "local_server.py", "dev_server"):
+        assert kept in top, kept
+    assert not [name for name in top if name.endswith(".py") and name not in ("__init__.py", "client.py",
+                                                                              "local_server.py")], top
+
+
+def test_only_the_benchmark_imports_the_development_server_from_dcgan_tf():
+    importers = sorted(os.path.relpath(path, REPO) for path in _python_files(os.path.join(REPO, "dcgan_tf"))
+                       if any(m == "serving.dev_server" or m.startswith("serving.dev_server.")
+                              for m in _imports(path)))
+    assert importers in ([], ["dcgan_tf/bench.py"]), importers
+
+
+@pytest.mark.slow  # two subprocesses that import TensorFlow
+def test_local_server_launcher_and_generic_module_share_the_flags():
+    """`python -m serving.local_server` (the README's command) and `python -m serving.dev_server` both start; the
+    launcher only changes defaults (the model name and the batch-size input)."""
+    env = subprocess_env()
+    helps = {}
+    for module in ("serving.local_server", "serving.dev_server"):
+        done = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert "Traceback" not in done.stdout + done.stderr, done.stderr[-3000:]
+        helps[module] = done.stdout + done.stderr
+    for flag in ("--model_base_path", "--rest_max_body_mb", "--rest_read_timeout_seconds", "--max_num_load_retries",
+                 "--load_retry_interval_micros", "--batch_size_inputs"):
+        assert flag in helps["serving.local_server"] and flag in helps["serving.dev_server"], flag
+    assert "default: 'dcgan'" in helps["serving.local_server"] and "default: 'default'" in helps["serving.dev_server"]
+    assert "default: 'num_images'" in helps["serving.local_server"]

@@ -23,10 +23,10 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 
 import serving_toy as toy
-from serving import batching, versions
-from serving import config as serving_config
-from serving.handlers import ModelServer
-from serving.rest_frontend import make_rest_server, start_rest_server
+from serving.dev_server import batching, versions
+from serving.dev_server import config as serving_config
+from serving.dev_server.handlers import ModelServer
+from serving.dev_server.rest_frontend import make_rest_server, start_rest_server
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,12 @@ import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import predict_pb2
 
-from serving.errors import ServingError, invalid
-from serving.tensors import check_batch_size, check_shape, check_value_count, dtype_name, to_tensor_proto
-from serving.versions import LoadedVersion
+from serving.dev_server.errors import ServingError, invalid
+from serving.dev_server.tensors import check_batch_size, check_shape, check_value_count, dtype_name, to_tensor_proto
+from serving.dev_server.versions import LoadedVersion
 
-DEFAULT_SIGNATURE = "serving_default"
+DEFAULT_SIGNATURE = tf.saved_model.DEFAULT_SERVING_SIGNATURE_DEF_KEY
 PREDICT_METHODS = ("tensorflow/serving/predict", "tensorflow/serving/classify", "tensorflow/serving/regress")
-BATCH_SIZE_INPUT = "num_images"  # a scalar int input with this name is a batch size (DCGAN `sample`)
 
 
 def check_input_names(signature: meta_graph_pb2.SignatureDef, request: predict_pb2.PredictRequest) -> None:
@@ -39,8 +38,9 @@ def check_input_names(signature: meta_graph_pb2.SignatureDef, request: predict_p
 
 
 def decode_inputs(signature: meta_graph_pb2.SignatureDef, request: predict_pb2.PredictRequest,
-                  max_batch_size: int = 0) -> dict[str, np.ndarray]:
-    """Request tensors as numpy, checked against the signature's dtypes and shapes and the batch cap.
+                  max_batch_size: int = 0, batch_size_inputs: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Request tensors as numpy, checked against the signature's dtypes and shapes and the batch cap (which also
+    holds the value of any scalar integer input named in `batch_size_inputs`).
 
     Everything a TensorProto declares (dtype, shape, value count) is checked before anything is allocated, so
     what decoding costs is bounded by the size of the message itself.
@@ -65,9 +65,10 @@ def decode_inputs(signature: meta_graph_pb2.SignatureDef, request: predict_pb2.P
             arrays[alias] = tf.make_ndarray(proto)
         except Exception:  # any other malformed proto; TF Serving's message names only the alias
             raise invalid(f"tensor parsing error: {alias}") from None
-    if BATCH_SIZE_INPUT in arrays and arrays[BATCH_SIZE_INPUT].ndim == 0 and \
-            np.issubdtype(arrays[BATCH_SIZE_INPUT].dtype, np.integer):  # a scalar batch size counts as one
-        check_batch_size(int(arrays[BATCH_SIZE_INPUT]), max_batch_size)
+    for alias in batch_size_inputs:
+        array = arrays.get(alias)
+        if array is not None and array.ndim == 0 and np.issubdtype(array.dtype, np.integer):
+            check_batch_size(int(array), max_batch_size)
     return arrays
 
 
@@ -85,7 +86,7 @@ def output_aliases(signature: meta_graph_pb2.SignatureDef, request: predict_pb2.
 
 
 def run_predict(served: LoadedVersion, request: predict_pb2.PredictRequest, max_batch_size: int = 0,
-                as_content: bool = False) -> predict_pb2.PredictResponse:
+                as_content: bool = False, batch_size_inputs: tuple[str, ...] = ()) -> predict_pb2.PredictResponse:
     """Run a PredictRequest on one loaded version; raises ServingError like TF Serving would."""
     signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
     signature = served.signature_defs.get(signature_name)
@@ -97,7 +98,7 @@ def run_predict(served: LoadedVersion, request: predict_pb2.PredictRequest, max_
                            f"Expected prediction signature method_name to be one of {{{', '.join(PREDICT_METHODS)}}}"
                            f". Was: {signature.method_name}")
     check_input_names(signature, request)
-    arrays = decode_inputs(signature, request, max_batch_size)
+    arrays = decode_inputs(signature, request, max_batch_size, batch_size_inputs)
     aliases = output_aliases(signature, request)
     outputs = served.run(signature_name, arrays)
     response = predict_pb2.PredictResponse()

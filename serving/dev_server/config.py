@@ -13,7 +13,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 @dataclasses.dataclass(frozen=True)
 class BatchingParameters:
-    """TF Serving's BatchingParameters (session_bundle_config.proto) as the local server uses them."""
+    """TF Serving's BatchingParameters (session_bundle_config.proto) as the development server uses them."""
 
     max_batch_size: int = 1000  # TF Serving's defaults
     batch_timeout_micros: int = 0
@@ -36,7 +36,7 @@ class BatchingParameters:
 
 
 _INT_FIELDS = ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads")
-# Fields of TF Serving's BatchingParameters that the local server accepts but does not implement.
+# Fields of TF Serving's BatchingParameters that the development server accepts but does not implement.
 _IGNORED_FIELDS = ("thread_pool_name", "enable_large_batch_splitting", "max_execution_batch_size",
                    "batch_padding_policy")
 _FIELD = re.compile(r"\s*(\w+)\s*(?:\{\s*value\s*:\s*([^\s}]+)\s*\}|:\s*([^\s{}]+))")
@@ -63,10 +63,10 @@ def parse_batching_parameters(text: str, source: str = "batching parameters") ->
             elif name == "pad_variable_length_inputs":
                 values[name] = {"true": True, "false": False}[value.lower()]
             elif name in _IGNORED_FIELDS:
-                logging.warning("%s: %s is not implemented by the local server (ignored).", source, name)
+                logging.warning("%s: %s is not implemented by the development server (ignored).", source, name)
             else:
                 raise ValueError(f"{source}: unknown field {name!r} (not a TF Serving BatchingParameters field "
-                                 "the local server knows)")
+                                 "the development server knows)")
         except (KeyError, ValueError) as e:
             if isinstance(e, ValueError) and str(e).startswith(source):
                 raise

@@ -5,9 +5,9 @@ from __future__ import annotations
 import grpc
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, predict_pb2
 
-from serving.errors import ServingError, invalid
-from serving.predict import run_predict
-from serving.versions import LoadedVersion, ServedModel
+from serving.dev_server.errors import ServingError, invalid
+from serving.dev_server.predict import run_predict
+from serving.dev_server.versions import LoadedVersion, ServedModel
 
 
 class ModelServer:
@@ -20,7 +20,8 @@ class ModelServer:
     def poll_all(self) -> None:
         """Poll every model's base path once (load, warm up and swap in new versions)."""
         for model in self.models.values():
-            model.poll(lambda served, request, cap=model.max_batch_size: run_predict(served, request, cap))
+            model.poll(lambda served, request, model=model: run_predict(served, request, model.max_batch_size,
+                                                                        batch_size_inputs=model.batch_size_inputs))
 
     def resolve(self, spec) -> tuple[ServedModel, LoadedVersion]:
         """The model and version a ModelSpec asks for, or NOT_FOUND like TF Serving."""
@@ -39,7 +40,7 @@ class ModelServer:
         if not request.HasField("model_spec"):
             raise invalid("Missing ModelSpec")
         model, served = self.resolve(request.model_spec)
-        return run_predict(served, request, model.max_batch_size, self.as_content)
+        return run_predict(served, request, model.max_batch_size, self.as_content, model.batch_size_inputs)
 
     def get_model_metadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest
                            ) -> get_model_metadata_pb2.GetModelMetadataResponse:

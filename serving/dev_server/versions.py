@@ -24,9 +24,9 @@ from absl import logging
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import get_model_status_pb2, prediction_log_pb2
 
-from serving.batching import SignatureBatcher
-from serving.config import BatchingParameters
-from serving.errors import ServingError, from_op_error
+from serving.dev_server.batching import SignatureBatcher
+from serving.dev_server.config import BatchingParameters
+from serving.dev_server.errors import ServingError, from_op_error
 
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MAX_WARMUP_RECORDS = 1000  # TF Serving's limit
@@ -106,7 +106,7 @@ def load_version(name: str, version: int, path: str, batching: BatchingParameter
     tf_logger.setLevel(py_logging.ERROR)
     try:
         with graph.as_default():
-            meta_graph = tf.compat.v1.saved_model.loader.load(session, ["serve"], path)
+            meta_graph = tf.compat.v1.saved_model.loader.load(session, [tf.saved_model.SERVING], path)
     except BaseException:
         session.close()
         raise
@@ -179,12 +179,13 @@ class ServedModel:
     def __init__(self, name: str, base_path: str, max_batch_size: int = 0,
                  batching: BatchingParameters | None = None, max_load_retries: int = DEFAULT_MAX_LOAD_RETRIES,
                  load_retry_interval_s: float = DEFAULT_LOAD_RETRY_INTERVAL_S,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, batch_size_inputs: tuple[str, ...] = ()):
         self.name = name
         self.base_path = os.path.abspath(base_path)
         self.batching = batching
         # With batching, the batching parameters' max_batch_size is the cap (as in TF Serving).
         self.max_batch_size = batching.max_batch_size if batching is not None else max_batch_size
+        self.batch_size_inputs = tuple(batch_size_inputs)  # scalar inputs whose value the cap holds too
         self.max_load_retries = max_load_retries
         self.load_retry_interval_s = load_retry_interval_s
         self._clock = clock

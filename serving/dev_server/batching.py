@@ -6,7 +6,7 @@ free (while every thread is busy the open batch keeps filling, as in TF Serving)
 concatenated along the leading dimension, padded up to the next `allowed_batch_sizes` entry by repeating the first
 row, run once, and the outputs are split back. As in TF Serving, every input must have a leading batch dimension
 (scalar inputs fail with its message), a request over `max_batch_size` is refused, and a runtime error of the
-merged run (e.g. a non-finite z checked in the graph) fails every request of that batch.
+merged run (e.g. an assertion in the graph on one request's input) fails every request of that batch.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import grpc
 import numpy as np
 from absl import logging
 
-from serving.config import BatchingParameters
-from serving.errors import ServingError, invalid
+from serving.dev_server.config import BatchingParameters
+from serving.dev_server.errors import ServingError, invalid
 
 Arrays = dict[str, np.ndarray]
 _POLL_S = 0.002  # how often a timed-out open batch checks for a free thread

@@ -20,8 +20,8 @@ import numpy as np
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 
-from serving.errors import ServingError, invalid
-from serving.tensors import check_batch_size, check_shape, dtype_name
+from serving.dev_server.errors import ServingError, invalid
+from serving.dev_server.tensors import check_batch_size, check_shape, dtype_name
 
 MAX_DEBUG_CHARS = 256  # how much of a JSON value an error message quotes (TF Serving's kMaxJsonDebugStringBytes)
 _MAX_RANK = 64  # numpy's (and so any tensor's here) largest number of dimensions

@@ -9,8 +9,8 @@ import grpc
 from absl import logging
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
-from serving.errors import ServingError
-from serving.handlers import ModelServer
+from serving.dev_server.errors import ServingError
+from serving.dev_server.handlers import ModelServer
 
 DEFAULT_MAX_MESSAGE_MB = 256  # gRPC's 4 MiB default is too small for image batches
 

@@ -18,19 +18,19 @@ from absl import logging
 from google.protobuf import json_format
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, predict_pb2
 
-from serving import json_tensor
-from serving.errors import ServingError, invalid
-from serving.handlers import ModelServer
-from serving.predict import DEFAULT_SIGNATURE
+from serving.dev_server import json_tensor
+from serving.dev_server.errors import ServingError, invalid
+from serving.dev_server.handlers import ModelServer
+from serving.dev_server.predict import DEFAULT_SIGNATURE
 
 # TF Serving's own URL patterns (http_rest_api_util.cc).
 _VERSION_OR_LABEL = r"(?:(?:/versions/([0-9]+))|(?:/labels/([^/:]+)))?"
 _PREDICT_PATH = re.compile(r"/v1/models/([^/:]+)" + _VERSION_OR_LABEL + r":(classify|regress|predict)", re.IGNORECASE)
 _STATUS_PATH = re.compile(r"/v1/models(?:/([^/:]+))?" + _VERSION_OR_LABEL + r"(?:/(metadata))?", re.IGNORECASE)
 _DIGITS = re.compile(r"[0-9]+")
-# A limit on request bodies: JSON parses into Python objects that take up to ~20x the text (a list of empty
-# lists), so 16 MiB bounds one request's parse to a few hundred MB; the largest DCGAN request the default
-# --max_batch_size allows (1024 z of nz=100, about 2 MB as JSON) fits 8 times over. Larger inputs: gRPC.
+# A limit on request bodies: JSON parses into Python objects that take up to ~26x the text (a list of empty
+# lists), so 16 MiB bounds one request's parse to about 0.4 GB, while a full default batch of 1024 rows of 100
+# floats (about 2 MB as JSON) fits 8 times over. Larger inputs: gRPC, whose binary tensors are not amplified.
 DEFAULT_MAX_BODY_MB = 16
 # Seconds a client has to send a whole request (as TF Serving's --rest_api_timeout_in_ms default of 30 s bounds
 # a request's handling); an idle keep-alive connection is closed after as long.
