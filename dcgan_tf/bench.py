@@ -213,9 +213,9 @@ def bench_sample(config: Config, model_dir: str | None = None, grpc: bool = Fals
                  batch: int = 64, windows: int = 5, clients: int = 0, client_requests: int = 50,
                  batching_parameters_file: str | None = None, concurrent_rounds: int = 1) -> list[dict[str, Any]]:
     """Generator latency (batch 1, p50/p99) and throughput (batch `batch`): in-process, from the SavedModel
-    (tf.saved_model.load), through TF Serving's session-based loader, and (with grpc=True) through
-    serving/local_server.py's gRPC PredictionService; with clients > 0 also `clients` concurrent gRPC clients
-    sending batch-1 requests, without and with the server's request batching (`concurrent_rounds` pairs)."""
+    (tf.saved_model.load), through TF Serving's session-based loader, and (with grpc=True) through the
+    development server's (serving/dev_server) gRPC PredictionService; with clients > 0 also `clients` concurrent
+    gRPC clients sending batch-1 requests, without and with the server's request batching (`concurrent_rounds` pairs)."""
     from dcgan_tf import export  # imported here: the train/input benchmarks need no serving stack
 
     config, generator = sample_generator(config, model_dir)
@@ -266,8 +266,8 @@ def _bench_session(version_dir: str, z1: np.ndarray, zb: np.ndarray, batch: int,
 
 
 def _local_server(base: str, threads: int, batching: Any = None, with_core: bool = False) -> tuple[Any, ...]:
-    """serving/local_server.py's core over `base` with a gRPC front end on a free loopback port: (server, port)
-    or, with_core, (server, port, core)."""
+    """The development server's (serving/dev_server) core over `base` with a gRPC front end on a free loopback
+    port: (server, port) or, with_core, (server, port, core)."""
     from serving.dev_server import grpc_frontend, handlers, versions
 
     core = handlers.ModelServer([versions.ServedModel("dcgan", base, batching=batching)])
@@ -278,7 +278,8 @@ def _local_server(base: str, threads: int, batching: Any = None, with_core: bool
 
 def _bench_grpc(base: str, z1: np.ndarray, zb: np.ndarray, batch: int, repeats: int, windows: int
                 ) -> dict[str, float]:
-    """Predict over gRPC on localhost through serving/local_server.py (tensorflow_model_server cannot run here)."""
+    """Predict over gRPC on localhost through the development server, serving/dev_server (tensorflow_model_server
+    cannot run here)."""
     from serving import client
 
     server, port = _local_server(base, threads=4)
@@ -577,7 +578,7 @@ class Options:
     rounds: int = 2  # compare: rounds over all variants (interleaved); medians are reported.
     variants: list[str] | None = None  # compare: a subset of VARIANTS (default: all).
     model_dir: str | None = None  # sample: a training run whose generator to time (default: fresh init).
-    grpc: bool = True  # sample: also time Predict over gRPC through serving/local_server.py.
+    grpc: bool = True  # sample: also time Predict over gRPC through the development server (serving/dev_server).
     repeats: int = 50  # sample: batch-1 calls for the latency percentiles.
     clients: int = 8  # sample: concurrent gRPC clients (batch-1 requests), measured without and with the local
                       # server's request batching; 0 = skip.

@@ -64,3 +64,24 @@ def test_the_old_run_exported_by_the_current_code_serves_what_the_old_export_did
     # uint8 pixels: one level of rounding apart at most where float32 sums are ordered differently.
     assert np.abs(images.astype(int) - expected["export_default_images"].astype(int)).max() <= 1
     assert np.abs(by_seed.astype(int) - expected["export_seeds_images"].astype(int)).max() <= 1
+
+
+def test_an_old_export_is_served_by_the_development_server_with_the_same_images(tmp_path, expected):
+    """The old export through the development server's gRPC front end, with the project's client."""
+    from serving import client
+    from serving.dev_server.grpc_frontend import start_grpc_server
+    from serving.dev_server.handlers import ModelServer
+    from serving.dev_server.versions import ServedModel
+
+    core = ModelServer([ServedModel("dcgan", os.path.join(OLD, "export"), 64, batch_size_inputs=("num_images",))])
+    core.poll_all()
+    assert core.models["dcgan"].current is not None, "the 0.1.0 export did not load"
+    grpc_server, port = start_grpc_server(core, "127.0.0.1", 0, threads=2, max_message_mb=16)
+    try:
+        stub = client.make_stub(f"127.0.0.1:{port}")
+        np.testing.assert_array_equal(client.generate(stub, expected["z"], model="dcgan"),
+                                      expected["export_default_images"])
+        images, _ = client.sample_seeds(stub, [1, 2, 3], model="dcgan")
+        np.testing.assert_array_equal(images, expected["export_seeds_images"])
+    finally:
+        grpc_server.stop(grace=None)

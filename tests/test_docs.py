@@ -77,3 +77,20 @@ def test_readme_is_a_short_front_door_with_its_three_commands():
     with open(os.path.join(REPO, ".ci", "run"), encoding="utf-8") as f:
         ci = f.read()
     assert re.search(r"^python -m pytest -q$", ci, flags=re.MULTILINE), "CI must run the README's test command"
+
+
+def test_architecture_page_maps_every_module_and_every_test_file():
+    """docs/architecture.md is a newcomer's map: a module or test file missing from it is a map out of date."""
+    with open(os.path.join(REPO, "docs", "architecture.md"), encoding="utf-8") as f:
+        text = f.read()
+    modules = [os.path.relpath(path, REPO) for path in glob.glob(os.path.join(REPO, "dcgan_tf", "*.py"))
+               if not path.endswith("__init__.py")]
+    packages = [os.path.relpath(path, REPO) + "/" for path in glob.glob(os.path.join(REPO, "dcgan_tf", "*", ""))
+                if os.path.exists(os.path.join(path, "__init__.py"))]
+    named = set(re.findall(r"`([\w/.]+)`", text))
+    # A row may name several modules of one folder after the first: `dcgan_tf/distribute.py`, `custom_loop.py`.
+    missing = [m for m in modules + packages if m not in named and os.path.basename(m.rstrip("/")) + (
+        "/" if m.endswith("/") else "") not in named]
+    assert not missing, f"docs/architecture.md does not place {missing}"
+    tests = [os.path.basename(p) for p in glob.glob(os.path.join(REPO, "tests", "test_*.py"))]
+    assert not [t for t in tests if f"`{t}`" not in text], "docs/architecture.md's test table misses some test files"
