@@ -6,8 +6,11 @@ int64 seeds) plus a string input, and each output has a closed form, so any answ
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,6 +106,16 @@ def start_toy_server(base: Path, max_body_mb: int = 1, read_timeout_s: float = 3
     grpc_server, grpc_port = start_grpc_server(core, HOST, 0, threads=4, max_message_mb=16)
     rest_server, rest_port = start_rest_server(core, HOST, 0, max_body_mb, read_timeout_s)
     return ToyServer(core, grpc_server, grpc_port, rest_server, rest_port)
+
+
+def post(port: int, data: bytes, path: str = "/v1/models/toy:predict", timeout: float = 60.0) -> tuple[int, dict]:
+    """(status, JSON reply) of a POST of `data` to the REST port."""
+    request = urllib.request.Request(f"http://{HOST}:{port}{path}", data=data)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as reply:
+            return reply.status, json.load(reply)
+    except urllib.error.HTTPError as e:
+        return e.code, json.load(e)
 
 
 def raw_http(port: int, data: bytes, timeout: float = 10.0) -> tuple[bytes, bool]:

@@ -12,8 +12,6 @@ from __future__ import annotations
 import base64
 import json
 import tracemalloc
-import urllib.error
-import urllib.request
 
 import grpc
 import numpy as np
@@ -162,21 +160,12 @@ def _check_rest_answer(body, status: int, reply: dict) -> None:
                 _close(outputs[key], value)
 
 
-def _post(port: int, path: str, data: bytes) -> tuple[int, dict]:
-    request = urllib.request.Request(f"http://{toy.HOST}:{port}{path}", data=data)
-    try:
-        with urllib.request.urlopen(request, timeout=60) as reply:
-            return reply.status, json.load(reply)
-    except urllib.error.HTTPError as e:
-        return e.code, json.load(e)
-
-
 def test_rest_decoding_answers_client_errors_or_correct_results_in_bounded_memory(server):
     @FUZZ
     @given(body=_mostly(_predict_bodies(), _json, 6), path=_paths)
     def json_bodies(body, path):
         data = json.dumps(body).encode()
-        status, reply = _within_memory_bound(lambda: _post(server.rest_port, path, data))
+        status, reply = _within_memory_bound(lambda: toy.post(server.rest_port, data, path))
         if path in SERVED_PATHS and isinstance(body, dict):
             _check_rest_answer(body, status, reply)
         else:  # another model, version, label or method, or not an object: an error
@@ -185,7 +174,7 @@ def test_rest_decoding_answers_client_errors_or_correct_results_in_bounded_memor
     @FUZZ
     @given(data=_raw)
     def raw_bodies(data):
-        status, reply = _within_memory_bound(lambda: _post(server.rest_port, "/v1/models/toy:predict", data))
+        status, reply = _within_memory_bound(lambda: toy.post(server.rest_port, data))
         assert status in HTTP_CODES, (status, reply)
 
     json_bodies()

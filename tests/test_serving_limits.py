@@ -13,8 +13,6 @@ import socket
 import threading
 import time
 import tracemalloc
-import urllib.error
-import urllib.request
 
 import grpc
 import numpy as np
@@ -65,15 +63,9 @@ def _grpc_error(stub, request) -> tuple[grpc.StatusCode, str]:
 
 
 def _post(server_or_port, body, path: str = "/v1/models/toy:predict") -> tuple[int, dict]:
-    """(status, JSON reply) of a POST to the REST port."""
+    """(status, JSON reply) of a POST of `body` (bytes, or JSON-encoded) to the REST port."""
     port = getattr(server_or_port, "rest_port", server_or_port)
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    request = urllib.request.Request(f"http://{toy.HOST}:{port}{path}", data=data)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as reply:
-            return reply.status, json.load(reply)
-    except urllib.error.HTTPError as e:
-        return e.code, json.load(e)
+    return toy.post(port, body if isinstance(body, bytes) else json.dumps(body).encode(), path, timeout=30)
 
 
 def _peak_mb_while(work) -> float:
