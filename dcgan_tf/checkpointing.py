@@ -171,25 +171,28 @@ def _files_by_step(directory: str) -> dict[int, list[str]]:
     return found
 
 
-def is_readable(prefix: str) -> bool:
-    """Whether checkpoint `prefix` is complete on disk: an index TensorFlow can read and every data shard it names.
-
-    A truncated data shard still passes (only restoring reads it); `restore_latest` skips such a checkpoint.
-    """
-    names = set(os.listdir(os.path.dirname(prefix))) if os.path.isdir(os.path.dirname(prefix)) else set()
-    base = os.path.basename(prefix)
-    shards = [re.match(r"^.*\.data-(\d{5})-of-(\d{5})$", n) for n in names if n.startswith(base + ".data-")]
-    shards = [m for m in shards if m]
-    if f"{base}.index" not in names or not shards:
+def _is_readable(prefix: str, names: list[str]) -> bool:
+    """Whether checkpoint `prefix`, whose files are `names`, is complete on disk: an index TensorFlow can read
+    and every data shard it names. A truncated data shard still passes (only restoring reads it);
+    `restore_latest` skips such a checkpoint."""
+    shards = [match for match in map(_CKPT_FILE.match, names) if match.group(3) is not None]
+    if f"{os.path.basename(prefix)}.index" not in names or not shards:
         return False
-    total = int(shards[0].group(2))
-    if {int(m.group(1)) for m in shards if int(m.group(2)) == total} != set(range(total)):
+    total = int(shards[0].group(4))
+    if {int(m.group(3)) for m in shards if int(m.group(4)) == total} != set(range(total)):
         return False
     try:
         tf.train.list_variables(prefix)
     except (tf.errors.OpError, ValueError, IndexError):
         return False
     return True
+
+
+def _readable_steps(directory: str) -> tuple[dict[int, list[str]], set[int]]:
+    """The checkpoint files of `directory` by step, and the steps whose checkpoint is readable."""
+    by_step = _files_by_step(directory)
+    return by_step, {step for step, names in by_step.items()
+                     if _is_readable(os.path.join(directory, f"ckpt-{step}"), names)}
 
 
 def recovered_paths(directory: str) -> tuple[list[str], str]:
@@ -200,8 +203,7 @@ def recovered_paths(directory: str) -> tuple[list[str], str]:
     or lists none that can be read.
     """
     listed, why = read_index(directory)
-    readable = [os.path.join(directory, f"ckpt-{step}") for step in sorted(_files_by_step(directory))
-                if is_readable(os.path.join(directory, f"ckpt-{step}"))]
+    readable = [os.path.join(directory, f"ckpt-{step}") for step in sorted(_readable_steps(directory)[1])]
     usable = [path for path in (listed or []) if path in readable]
     if not usable:
         if not readable:
@@ -351,8 +353,7 @@ def remove_interrupted_writes(directory: str) -> list[str]:
     names = sorted(os.listdir(directory)) if os.path.isdir(directory) else []
     removed = [os.path.join(directory, name) for name in names if is_interrupted_write(name)]
     listed = {checkpoint_step(path) for path in read_index(directory)[0] or []}
-    by_step = _files_by_step(directory)
-    readable = {step for step in by_step if is_readable(os.path.join(directory, f"ckpt-{step}"))}
+    by_step, readable = _readable_steps(directory)
     unreadable = sorted(set(by_step) - readable)
     partial = [step for step in unreadable if step > max(readable, default=-1)]
     removed += [os.path.join(directory, name) for step in partial for name in sorted(by_step[step])]
