@@ -215,7 +215,8 @@ def bench_sample(config: Config, model_dir: str | None = None, grpc: bool = Fals
     """Generator latency (batch 1, p50/p99) and throughput (batch `batch`): in-process, from the SavedModel
     (tf.saved_model.load), through TF Serving's session-based loader, and (with grpc=True) through the
     development server's (serving/dev_server) gRPC PredictionService; with clients > 0 also `clients` concurrent
-    gRPC clients sending batch-1 requests, without and with the server's request batching (`concurrent_rounds` pairs)."""
+    gRPC clients sending batch-1 requests, without and with the server's request batching (`concurrent_rounds`
+    pairs)."""
     from dcgan_tf import export  # imported here: the train/input benchmarks need no serving stack
 
     config, generator = sample_generator(config, model_dir)

@@ -158,8 +158,8 @@ class DCGAN(keras.Model):
         """This replica's slice of the global batch's z, drawn from (seed, step).
 
         Every replica draws the same global z and keeps its own slice: replicas get different z (keras.random
-        with one SeedGenerator drew the same z on every replica), N replicas see exactly the z one replica would, and the RNG state is the step counter,
-        so a restored checkpoint continues the same noise stream.
+        with one SeedGenerator drew the same z on every replica), N replicas see exactly the z one replica
+        would, and the RNG state is the step counter, so a restored checkpoint continues the same noise stream.
         """
         ctx = tf.distribute.get_replica_context()
         num_replicas = ctx.num_replicas_in_sync if ctx is not None else 1

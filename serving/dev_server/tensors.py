@@ -3,6 +3,8 @@ bound what decoding a TensorProto may allocate."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
@@ -36,14 +38,6 @@ def shape_dims(shape: tensor_shape_pb2.TensorShapeProto) -> list[int] | None:
     return None if shape.unknown_rank else [d.size for d in shape.dim]
 
 
-def num_elements(dims: list[int]) -> int:
-    """The number of elements of a shape (Python ints: no overflow however large the dims)."""
-    count = 1
-    for d in dims:
-        count *= d
-    return count
-
-
 def check_shape(alias: str, dims: list[int], info: meta_graph_pb2.TensorInfo) -> None:
     """Refuse a request shape the signature does not accept (checked before any value is decoded)."""
     expected = shape_dims(info.tensor_shape)
@@ -65,7 +59,7 @@ def check_value_count(proto: tensor_pb2.TensorProto, dims: list[int]) -> str | N
     server refuses any count that is not exactly one value per element, which is what numpy-built protos
     (`tf.make_tensor_proto(array)`) always send.
     """
-    elements = num_elements(dims)
+    elements = math.prod(dims)  # Python ints: no overflow however large the dims
     if proto.tensor_content:
         if proto.dtype == types_pb2.DT_STRING:
             return "string tensors must send their values in string_val, not tensor_content"
