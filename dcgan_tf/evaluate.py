@@ -90,15 +90,7 @@ def load_model(model_dir: str | None, checkpoint_step: int = 0, g_ema: bool | No
     """The run in `model_dir` at its latest checkpoint, or at `checkpoint_step`; G's EMA or raw G per `g_ema`."""
     if not model_dir:
         raise app.UsageError("pass --model_dir=DIR of a training run")
-    config, gan = checkpointing.load_run(model_dir, g_ema=g_ema)
-    if checkpoint_step:
-        manager = checkpointing.make_manager(gan, model_dir, config.keep_checkpoints)
-        wanted = [p for p in manager.checkpoints if p.endswith(f"ckpt-{checkpoint_step}")]
-        if not wanted:
-            steps = [p.rsplit("-", 1)[-1] for p in manager.checkpoints]
-            raise checkpointing.CheckpointError(f"{model_dir} has no checkpoint of step {checkpoint_step}; it "
-                                                f"has steps {steps}")
-        checkpointing.restore_checkpoint(manager.checkpoint, wanted[0])
+    config, gan = checkpointing.load_run(model_dir, g_ema=g_ema, checkpoint_step=checkpoint_step)
     return config, gan
 
 
