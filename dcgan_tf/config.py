@@ -29,7 +29,7 @@ Z_DISTRIBUTIONS = ("uniform", "normal")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 
 # Config fields that are not command-line flags (filled in by the program, recorded in config.json).
-NOT_FLAGS = ("resolved",)
+NOT_FLAGS = ("resolved", "initialized_from")
 
 # Fields that fix the shape of the networks: resuming with other values cannot work.
 ARCHITECTURE_FIELDS = ("image_size", "channels", "nz", "ngf", "ndf", "z_dist")
@@ -95,6 +95,14 @@ class Config:
     export_dir: str = ""  # if set, export the generator for TF Serving here at the end of training
     verbose: int = 1  # 1: progress bar on a terminal, else a log line every log_every steps; 2: log lines; 0: none
     profile_steps: str = ""  # "START,END": capture a TensorBoard profile of global steps START..END, e.g. "20,25"
+
+    # --- Fine-tuning (dcgan_tf/finetune.py) -----------------------------------------------------------------
+    init_from: str = ""  # OTHER_MODEL_DIR[:STEP]: start this NEW run at step 0 from that run's G, D and G's EMA
+                         # (its latest checkpoint without :STEP); same network flags needed. A run that has
+                         # checkpoints resumes instead
+    init_optimizers: bool = False  # with --init_from: also take both Adam optimizers' state (default: fresh ones)
+    initialized_from: dict = dataclasses.field(default_factory=dict)  # not a flag: the checkpoint --init_from
+                                                                      # started this run from
 
     def __post_init__(self) -> None:
         # config.json files written before `auto` existed hold jit_compile as a bool.
