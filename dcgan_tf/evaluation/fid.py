@@ -4,6 +4,8 @@ FID (Heusel et al. 2017): the Frechet distance between Gaussians fitted to the t
   |mu_r - mu_g|^2 + tr(S_r + S_g - 2 (S_r S_g)^(1/2)).
 KID (Binkowski et al. 2018): the unbiased MMD^2 with the kernel k(x, y) = (x.y / d + 1)^3, averaged over random
 subsets; unbiased, so it is ~0 (and can be slightly negative) for two samples of one distribution.
+Improved precision and recall (Kynkaanniemi et al. 2019, k = 3) in the same features: fidelity and coverage
+apart, so mode dropping shows as low recall where FID only grows.
 
 Extractors map float images [N, S, S, C] in [-1, 1] to features [N, D]:
   * InceptionExtractor: keras.applications InceptionV3 (ImageNet weights), 2048-d pool features at 299x299.
@@ -33,6 +35,8 @@ INCEPTION_SIZE = 299
 INCEPTION_NOTOP_URL = ("https://storage.googleapis.com/tensorflow/keras-applications/inception_v3/"
                        "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5")
 CLASSIFIER_FEATURES_LAYER = "features"
+PR_NEIGHBOURS = 3  # k of improved precision/recall's k-NN balls (Kynkaanniemi et al. 2019: k = 3)
+PR_BATCH = 1000  # rows of the distance matrix computed at a time (memory: PR_BATCH x N float64)
 # KID defaults of Binkowski et al.: 100 subsets of 1000 (fewer if fewer samples).
 KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000
 
@@ -106,10 +110,49 @@ def kernel_inception_distance(real: np.ndarray, fake: np.ndarray, num_subsets: i
     return float(np.mean(values)), float(np.std(values))
 
 
+def _squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """||a_i - b_j||^2 [len(a), len(b)] in float64, clipped at 0 (the expansion can round below it)."""
+    return np.maximum(np.sum(a * a, 1)[:, None] + np.sum(b * b, 1)[None] - 2.0 * a @ b.T, 0.0)
+
+
+def knn_radii(features: np.ndarray, k: int = PR_NEIGHBOURS, batch_size: int = PR_BATCH) -> np.ndarray:
+    """Squared distance of each feature vector to its k-th nearest neighbour in the same set (itself excluded)."""
+    if len(features) <= k:
+        raise ValueError(f"precision/recall with k={k} needs more than {k} samples in each set")
+    radii = np.empty(len(features))
+    for i in range(0, len(features), batch_size):
+        d = _squared_distances(features[i:i + batch_size], features)
+        radii[i:i + batch_size] = np.partition(d, k, axis=1)[:, k]  # index 0 is the point itself (distance 0)
+    return radii
+
+
+def _inside_manifold(points: np.ndarray, manifold: np.ndarray, radii: np.ndarray,
+                     batch_size: int = PR_BATCH) -> np.ndarray:
+    """Whether each point lies in the union of the balls around `manifold` with the given squared radii."""
+    inside = np.empty(len(points), bool)
+    for i in range(0, len(points), batch_size):
+        inside[i:i + batch_size] = np.any(_squared_distances(points[i:i + batch_size], manifold) <= radii[None],
+                                          axis=1)
+    return inside
+
+
+def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = PR_NEIGHBOURS) -> dict[str, float]:
+    """Improved precision and recall (Kynkaanniemi et al. 2019) of two feature sets [N, D], [M, D].
+
+    Each set's manifold is the union of balls around its points, each reaching the point's k-th nearest
+    neighbour. Precision: the fraction of generated samples inside the real manifold (fidelity). Recall: the
+    fraction of real samples inside the generated manifold (coverage: a generator that drops modes has low recall).
+    """
+    real, fake = np.asarray(real, np.float64), np.asarray(fake, np.float64)
+    precision = _inside_manifold(fake, real, knn_radii(real, k)).mean()
+    recall = _inside_manifold(real, fake, knn_radii(fake, k)).mean()
+    return {"precision": float(precision), "recall": float(recall)}
+
+
 def compare_features(real: np.ndarray, fake: np.ndarray, kid_subsets: int = KID_SUBSETS, seed: int = 0) -> dict:
-    """{"fid", "kid", "kid_std"} of two feature sets."""
+    """{"fid", "kid", "kid_std", "precision", "recall"} of two feature sets."""
     kid, kid_std = kernel_inception_distance(real, fake, num_subsets=kid_subsets, seed=seed)
-    return {"fid": fid_from_features(real, fake), "kid": kid, "kid_std": kid_std}
+    return {"fid": fid_from_features(real, fake), "kid": kid, "kid_std": kid_std, **precision_recall(real, fake)}
 
 
 # ---------------------------------------------------------------------------------------------------------
