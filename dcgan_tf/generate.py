@@ -178,17 +178,16 @@ def server_predict(address: str, model_name: str, timeout: float) -> tuple[Predi
     except ImportError as e:
         raise GenerateError(f"--server needs tensorflow-serving-api, grpcio and the repository's serving/client.py "
                             f"(run from the repository root): {e}") from None
-    if address.startswith(("http://", "https://")):
-        def predict(signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            return client.rest_predict(address, inputs, model_name, signature, timeout=timeout)
+    def rest(signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return client.rest_predict(address, inputs, model_name, signature, timeout=timeout)
 
-        return predict, f"server {address} (REST, model {model_name})"
-    stub = client.make_stub(address)
-
-    def predict(signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:  # noqa: F811
+    def grpc(signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return client.predict(stub, inputs, model_name, signature, timeout=timeout)[0]
 
-    return predict, f"server {address} (gRPC, model {model_name})"
+    if address.startswith(("http://", "https://")):
+        return rest, f"server {address} (REST, model {model_name})"
+    stub = client.make_stub(address)
+    return grpc, f"server {address} (gRPC, model {model_name})"
 
 
 # ---------------------------------------------------------------------------------------------------------
