@@ -103,6 +103,16 @@ def test_fid_of_a_samples_file_goes_through_the_one_evaluate_path(classifiers, t
     assert real["generator"] == "samples" and real["extractor"] == extractor and "untrained" not in real
     assert real["generated"]["fid"] == pytest.approx(real["real_vs_real"]["fid"], rel=1e-6)
     assert score("noise.npy")["generated"]["fid"] > 3 * real["generated"]["fid"]
+    fractions = real["generated"]["class_fractions"]  # which classes the samples cover, by the classifier
+    assert len(fractions) == data_lib.num_classes(CONFIG) and sum(fractions) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_class_fractions_count_the_classifiers_decisions(classifiers):
+    extractor = fid_lib.make_extractor("resnet", classifier_path=classifiers["resnet"])
+    images = data_lib.load_real_images(CONFIG, 30)
+    decided = np.argmax(extractor.classifier.predict(images, verbose=0), axis=1)
+    expected = np.bincount(decided, minlength=3) / 30
+    np.testing.assert_allclose(extractor.class_fractions(images), expected, atol=1e-4)
 
 
 def test_fid_sources_are_exclusive_and_samples_need_a_dataset(tmp_path):

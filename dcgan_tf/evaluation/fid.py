@@ -347,6 +347,7 @@ class ClassifierExtractor:
             raise EvaluationError(f"{path} is a {found!r} classifier, not a {architecture!r} one: pass the "
                                  f"classifier trained with train-classifier --architecture={architecture}")
         self.architecture = found
+        self.classifier = classifier
         self.model = keras.Model(classifier.input, classifier.get_layer(CLASSIFIER_FEATURES_LAYER).output)
         self.input_shape = tuple(classifier.input.shape[1:])
         self.batch_size = batch_size
@@ -357,6 +358,12 @@ class ClassifierExtractor:
             raise EvaluationError(f"the classifier takes images of shape {self.input_shape}, got "
                                  f"{tuple(images.shape[1:])}: train one with the GAN's --image_size/--channels")
         return predict_in_batches(self.model, as_unit_range(images), self.batch_size)
+
+    def class_fractions(self, images: np.ndarray) -> list[float]:
+        """The fraction of images the classifier assigns to each class: a dropped class shows as ~0."""
+        logits = predict_in_batches(self.classifier, as_unit_range(images), self.batch_size)
+        counts = np.bincount(np.argmax(logits, axis=1), minlength=logits.shape[1])
+        return (counts / max(1, len(images))).round(4).tolist()
 
 
 EXTRACTORS = ("inception", *CLASSIFIER_EXTRACTORS)

@@ -104,7 +104,10 @@ def fid_report(config: Config, generator: Callable | np.ndarray, extractor: fid_
     reference = extractor(real[:num_samples])
 
     def against_reference(images: np.ndarray) -> dict:
-        return fid_lib.compare_features(reference, extractor(images), kid_subsets, seed)
+        scores = fid_lib.compare_features(reference, extractor(images), kid_subsets, seed)
+        if hasattr(extractor, "class_fractions"):  # a classifier also says which classes the images cover
+            scores["class_fractions"] = extractor.class_fractions(images)
+        return scores
 
     def generated_by(g: Callable | np.ndarray) -> np.ndarray:
         if isinstance(g, np.ndarray):
