@@ -315,7 +315,8 @@ def train_classifier(config: Config, path: str, epochs: int = 5, batch_size: int
                    .map(lambda i, xy: (shift_flip_augment(xy[0], tf.stack([tf.constant(config.seed, tf.int64), i])),
                                        xy[1]), num_parallel_calls=tf.data.AUTOTUNE)
                    .repeat(epochs).prefetch(tf.data.AUTOTUNE))
-        model.fit(batches, epochs=epochs, steps_per_epoch=steps // epochs, verbose=config.verbose)
+        model.fit(batches, epochs=epochs, steps_per_epoch=steps // epochs, shuffle=False,  # shuffled above
+                  verbose=config.verbose)
         test_labels = np.eye(num_classes, dtype=np.float32)[test_labels]
     _, accuracy = model.evaluate(as_unit_range(test_images), test_labels, batch_size=512, verbose=0)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
