@@ -68,6 +68,13 @@ class Config:
     seed: int = 0  # seeds z, the synthetic data, the shuffle order and the weight init
     g_ema: bool = True  # outputs (exports, grids, FID, explore) use the EMA of G's weights; false = the paper's raw G
     g_ema_decay: float = 0.999  # decay of G's weight EMA, warmed up as min(decay, (1+t)/(10+t)); 0 = no EMA kept
+    # Beyond the paper, off by default (docs/evaluation.md measures them):
+    d_learning_rate: float = 0.0  # D's Adam learning rate; 0 = learning_rate (the paper). Above learning_rate:
+                                  # the two time-scale update rule (TTUR, Heusel et al. 2017).
+    label_smoothing: float = 0.0  # one-sided label smoothing (Salimans et al. 2016): D's target for real images is
+                                  # 1 - this; fakes stay 0. 0 = off (the paper).
+    r1_gamma: float = 0.0  # R1 penalty on real images (Mescheder et al. 2018): D's loss += gamma/2 *
+                           # E|grad_x D(x)|^2 (D's logit). 0 = off (the paper).
 
     # --- Speed --------------------------------------------------------------------------------------------
     # Speed settings: "auto" is resolved per machine by dcgan_tf/fast_path.py (train.prepare) and recorded in
@@ -217,6 +224,10 @@ def validate(config: Config) -> None:
          f"mixed_precision={config.mixed_precision!r} must be auto, none, bfloat16 or float16"),
         (jit_spelling(config.jit_compile) in JIT_VALUES,
          f"jit_compile={config.jit_compile!r} must be auto, true or false"),
+        (config.d_learning_rate >= 0,
+         f"d_learning_rate={config.d_learning_rate} must not be negative (0 = learning_rate, the paper)"),
+        (0 <= config.label_smoothing < 1, f"label_smoothing={config.label_smoothing} must be in [0, 1) (e.g. 0.1)"),
+        (config.r1_gamma >= 0, f"r1_gamma={config.r1_gamma} must not be negative (0 = off)"),
         (0 <= config.g_ema_decay < 1, f"g_ema_decay={config.g_ema_decay} must be in [0, 1) (0 keeps no EMA)"),
         (not config.g_ema or config.g_ema_decay > 0,
          "--g_ema needs an EMA to use: set --g_ema_decay in (0, 1) (e.g. 0.999), or --g_ema=false for the raw G"),
