@@ -59,6 +59,7 @@ class Options:
     c_grid: tuple[float, ...] = svm.DEFAULT_C_GRID  # SVM C values tried on validation.
     # fid
     num_samples: int = 10_000  # Generated and real images compared (the FID's sample size).
+    split: str = "train"  # fid: the split of --dataset the real images come from (e.g. test).
     extractor: str = "inception"  # Feature space of FID/KID.
     inception_weights: str = "imagenet"  # 'imagenet' (downloaded by Keras) or the path of InceptionV3's notop
                                          # .h5 weights.
@@ -148,7 +149,7 @@ def run_fid(opts: Options) -> dict:
     config = with_data(config, opts.dataset, opts.data_dir)
     baselines = reports.FID_BASELINES if opts.baselines is None else opts.baselines
     report = reports.fid_report(config, generator, extractor, opts.num_samples, baselines, opts.bn_samples,
-                                opts.kid_subsets, opts.seed, others=others)
+                                opts.kid_subsets, opts.seed, split=opts.split, others=others)
     if best is not None:
         report["best_step"] = {**best[0], **report["best_step"]}
     return {"command": "fid", **source, "step": step, "dataset": config.dataset, "extractor": opts.extractor,
