@@ -380,3 +380,19 @@ def test_cli_fid_reports_the_ema_generator_and_the_best_step(tiny_config, classi
     assert np.isfinite(printed["best_step"]["fid"]) and np.isfinite(printed["generated"]["fid"])
     if best["step"] == 4:  # the same weights and z: the same FID
         assert printed["best_step"]["fid"] == pytest.approx(printed["generated"]["fid"], rel=1e-6)
+
+
+def test_fid_real_images_come_from_the_split_asked_for(tiny_config, classifier, monkeypatch):
+    # `evaluate fid --split=test`: e.g. a model trained on a slice of the train split, scored against test images.
+    from dcgan_tf import evaluate
+
+    checkpointing.save_config(tiny_config)
+    checkpointing.make_manager(build_gan(tiny_config), tiny_config.model_dir, 1).save()
+    seen = {}
+    monkeypatch.setattr(reports, "fid_report", lambda *args, **kwargs: seen.update(kwargs) or {})
+    for split in ("test", None):
+        options = evaluate.Options(model_dir=tiny_config.model_dir, extractor="classifier",
+                                   classifier_path=classifier[0], best=False, bn_samples=0,
+                                   **({"split": split} if split else {}))
+        evaluate.run_fid(options)
+        assert seen["split"] == (split or "train")
