@@ -26,6 +26,7 @@ TFDS_DATASETS = (
     "imagenet_resized/64x64",
 )
 Z_DISTRIBUTIONS = ("uniform", "normal")
+AUGMENT_MODES = ("none", "diffaugment", "ada")  # dcgan_tf/augment.py
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 
 # Config fields that are not command-line flags (filled in by the program, recorded in config.json).
@@ -75,6 +76,14 @@ class Config:
                                   # 1 - this; fakes stay 0. 0 = off (the paper).
     r1_gamma: float = 0.0  # R1 penalty on real images (Mescheder et al. 2018): D's loss += gamma/2 *
                            # E|grad_x D(x)|^2 (D's logit). 0 = off (the paper).
+
+    # --- Augmentation for small datasets (not in the paper; docs/training.md "Small datasets") ---------------
+    augment: str = "none"  # augment D's inputs (real and fake, both updates): none (the paper), diffaugment or ada
+    augment_policy: str = "color,translation,cutout"  # ops of diffaugment and ada (DiffAugment's names), comma-separated
+    ada_target: float = 0.6  # ada: target of r_t = E[sign(D(real))]; p rises while r_t is above it (ADA paper: 0.6)
+    ada_kimg: int = 500  # ada: thousands of images for p to go from 0 to 1 (ADA paper: 500)
+    ada_interval: int = 4  # ada: steps between adjustments of p (ADA paper: 4)
+    mirror: bool = False  # flip each real image left-right with probability 1/2 in the input pipeline
 
     # --- Speed --------------------------------------------------------------------------------------------
     # Speed settings: "auto" is resolved per machine by dcgan_tf/fast_path.py (train.prepare) and recorded in
@@ -231,6 +240,10 @@ def validate(config: Config) -> None:
         (0 <= config.g_ema_decay < 1, f"g_ema_decay={config.g_ema_decay} must be in [0, 1) (0 keeps no EMA)"),
         (not config.g_ema or config.g_ema_decay > 0,
          "--g_ema needs an EMA to use: set --g_ema_decay in (0, 1) (e.g. 0.999), or --g_ema=false for the raw G"),
+        (config.augment in AUGMENT_MODES, f"augment={config.augment!r} must be one of {', '.join(AUGMENT_MODES)}"),
+        (0 < config.ada_target < 1, f"ada_target={config.ada_target} must be in (0, 1) (ADA paper: 0.6)"),
+        (config.ada_kimg > 0 and config.ada_interval > 0,
+         f"ada_kimg={config.ada_kimg} and ada_interval={config.ada_interval} must be positive (ADA paper: 500, 4)"),
         (config.train_steps >= 0 and config.epochs >= 0, "train_steps and epochs must not be negative"),
         (config.train_steps > 0 or config.epochs > 0,
          "set --train_steps=N (or --epochs=N for a finite dataset): the run has no length"),
@@ -253,6 +266,7 @@ def validate(config: Config) -> None:
         if not ok:
             raise ConfigError(message)
     check_network_size(config)
+    check_augment_policy(config.augment_policy)
     validate_dataset_name(config.dataset)
     parse_profile_steps(config.profile_steps)
 
@@ -272,6 +286,16 @@ def check_network_size(config: Config) -> None:
                 f"{flag}={width} at image_size={config.image_size} gives a 4x4 layer of {maps} maps (at most "
                 f"{MAX_MAPS_AT_4X4}: its weights alone would need {16 * maps * maps // 2 * 4 / 2**30:.1f} GiB); use "
                 f"--{flag}<={MAX_MAPS_AT_4X4 * 8 // config.image_size} at this size (the paper: 128 at 64x64)")
+
+
+def check_augment_policy(text: str) -> None:
+    """ConfigError unless --augment_policy names known ops (dcgan_tf/augment.py)."""
+    from dcgan_tf import augment  # TensorFlow: imported only when validating
+
+    try:
+        augment.parse_policy(text)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def parse_profile_steps(text: str) -> tuple[int, int] | None:

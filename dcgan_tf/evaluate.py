@@ -64,6 +64,7 @@ class Options:
     c_grid: tuple[float, ...] = svm.DEFAULT_C_GRID  # SVM C values tried on validation.
     # fid
     num_samples: int = 10_000  # Generated and real images compared (the FID's sample size).
+    split: str = "train"  # fid: the split of --dataset the real images come from (e.g. test).
     extractor: str = "inception"  # Feature space of FID/KID: inception, classifier (the project's CNN) or resnet
                                   # (an independent classifier: other architecture and recipe).
     inception_weights: str = "imagenet"  # 'imagenet' (downloaded by Keras) or the path of InceptionV3's notop
@@ -162,7 +163,7 @@ def run_fid(opts: Options) -> dict:
         source, step = {"samples": opts.samples, "generator": "samples"}, None
     config = with_data(config, opts.dataset, opts.data_dir)
     report = reports.fid_report(config, generator, extractor, opts.num_samples, baselines, opts.bn_samples,
-                                opts.kid_subsets, opts.seed, others=others)
+                                opts.kid_subsets, opts.seed, split=opts.split, others=others)
     if best is not None:
         report["best_step"] = {**best[0], **report["best_step"]}
     return {"command": "fid", **source, "step": step, "dataset": config.dataset, "extractor": opts.extractor,
