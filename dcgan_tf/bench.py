@@ -124,7 +124,8 @@ def bench_train(
 ) -> dict[str, Any]:
     """Training images/s of fit()'s own train function (the step, plus the input pipeline unless random)."""
     config = _resolved(_channels(config))
-    gan = build_gan(config, precision=config.compute_precision)  # in the step's precision, as train.py builds it
+    # In the step's precision and with the run's conv forms, as train.py builds it.
+    gan = build_gan(config, precision=config.compute_precision, conv_forms=config.conv_forms)
     if steps_per_execution > 1:
         # Keras reads it when it builds the train function: that many steps per call, in one tf.function.
         gan.steps_per_execution = steps_per_execution
