@@ -90,6 +90,10 @@ class Config:
     # config.json; `compute_precision` and `use_xla` below read the result.
     jit_compile: str = "auto"  # XLA: auto (on only where measured faster; off on CPUs), true or false
     mixed_precision: str = "auto"  # auto (bfloat16/float16/float32 by hardware), none (float32), bfloat16, float16
+    conv_kernels: str = "auto"  # each paper conv by oneDNN's conv or by matmuls (dcgan_tf/conv_forms.py): auto
+                                # (both timed per layer once per machine and shape, the faster kept), onednn, matmul,
+                                # size (matmul where the small side <= 4), or LAYER=FORM,... (the others auto)
+    kernel_cache_dir: str = "~/.cache/dcgan_tf"  # where conv_kernels=auto keeps its timings ("" = time every run)
     resolved: dict = dataclasses.field(default_factory=dict)  # not a flag: what train resolved "auto" to, and why
 
     # --- Distribution -------------------------------------------------------------------------------------
@@ -141,6 +145,16 @@ class Config:
         if requested != "auto":
             return requested == "true"
         return bool(self.resolved.get("jit_compile", False))
+
+    @property
+    def conv_forms(self) -> dict[str, str] | None:
+        """Each paper conv's form ("onednn" / "matmul") as resolved, or None while unresolved (kernels' size rule).
+
+        `resolved` holds it as "LAYER=FORM,..." (flat values: TensorBoard's HParams take no nested dicts)."""
+        text = self.resolved.get("conv_forms")
+        if text is None:
+            return None
+        return dict(item.split("=", 1) for item in text.split(",") if item)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the config as a plain dict."""

@@ -8,6 +8,8 @@ of G's weights (Yazici et al. 2019, "The Unusual Effectiveness of Averaging in G
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import keras
 import tensorflow as tf
 
@@ -311,16 +313,17 @@ def copy_weights(source: keras.Model, target: keras.Model) -> None:
 
 
 def build_gan(config: Config, *, precision: str = "none", sync_batchnorm: bool = False,
-              fast_kernels: bool = True) -> DCGAN:
+              fast_kernels: bool = True, conv_forms: Mapping[str, str] | None = None) -> DCGAN:
     """The DCGAN for `config`, compiled with the paper's Adam (config's lr, beta1, beta2; D: d_learning_rate if set).
 
-    `precision`, `sync_batchnorm` and `fast_kernels` say how the networks compute (see models.py); the caller
-    resolves them (train.build_in_scope: from the resolved config and the strategy). The optimizers follow the
+    `precision`, `sync_batchnorm`, `fast_kernels` and `conv_forms` say how the networks compute (see models.py); the
+    caller resolves them (train.build_in_scope: from the resolved config and the strategy). The optimizers follow the
     run's own precision, `config.compute_precision`: under float16 they are wrapped for loss scaling, which the
     checkpoint holds, so a float32 rebuild of a float16 run (checkpointing.load_run) still restores every value.
     """
     keras.utils.set_random_seed(config.seed)  # the same seed gives the same initial weights
-    options = dict(precision=precision, sync_batchnorm=sync_batchnorm, fast_kernels=fast_kernels)
+    options = dict(precision=precision, sync_batchnorm=sync_batchnorm, fast_kernels=fast_kernels,
+                   conv_forms=conv_forms)
     with kernels.precision_policy(precision):
         generator = models.build_generator(config, **options)
         discriminator = models.build_discriminator(config, **options)

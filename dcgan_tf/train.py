@@ -130,7 +130,8 @@ def build_in_scope(config: Config, strategy: tf.distribute.Strategy) -> DCGAN:
     """
     with strategy.scope():
         return build_gan(config, precision=config.compute_precision,
-                         sync_batchnorm=config.sync_batchnorm and strategy.num_replicas_in_sync > 1)
+                         sync_batchnorm=config.sync_batchnorm and strategy.num_replicas_in_sync > 1,
+                         conv_forms=config.conv_forms)
 
 
 def train(config: Config) -> DCGAN:
