@@ -22,7 +22,7 @@ from absl import app, flags, logging
 from dcgan_tf import callbacks as callbacks_lib
 from dcgan_tf import checkpointing, cli, custom_loop, distribute, input_pipeline
 from dcgan_tf import config as config_lib
-from dcgan_tf import export, fast_path
+from dcgan_tf import export, fast_path, finetune
 from dcgan_tf.config import Config, ConfigError
 from dcgan_tf.evaluation.fid import EvaluationError
 from dcgan_tf.gan import DCGAN, build_gan
@@ -59,6 +59,7 @@ def prepare(config: Config, writes_outputs: bool = True, strategy: tf.distribute
     (a non-chief worker, which writes to a temporary folder) skips the model_dir probe.
     """
     source = input_pipeline.make_source(config)
+    warn_if_small(config, source)
     config = config.replace(channels=source.channels)
     end_step = total_steps(config, source)
     if writes_outputs:
@@ -68,6 +69,17 @@ def prepare(config: Config, writes_outputs: bool = True, strategy: tf.distribute
         config_lib.check_compatible(saved, config)
     config = fast_path.resolve(config, strategy, saved)  # `auto` precision/XLA; a resumed run keeps its own
     return config, source, end_step
+
+
+def warn_if_small(config: Config, source: input_pipeline.Source) -> None:
+    """Say so when a small finite dataset trains without augmentation: D memorises it (docs/training.md)."""
+    from dcgan_tf.augment import SMALL_DATASET
+
+    if config.augment == "none" and source.num_examples is not None and source.num_examples < SMALL_DATASET:
+        logging.warning("%s has only %d images (< %d) and --augment=none: with this little data D memorises the "
+                        "training set and G's samples degrade. Consider --augment=diffaugment (or --augment=ada) "
+                        "and, where left and right do not matter, --mirror (docs/training.md, \"Small datasets\").",
+                        config.dataset, source.num_examples, SMALL_DATASET)
 
 
 def make_callbacks(config: Config, gan: DCGAN, manager: tf.train.CheckpointManager,
@@ -134,6 +146,7 @@ def train(config: Config) -> DCGAN:
     strategy = distribute.make_strategy(config)
     distribute.check_batch_split(config, strategy)  # settings the strategy rules out: before opening the data
     distribute.check_jit_compile(config, strategy)
+    config = finetune.resolve_init_from(config)  # --init_from: a different network fails here, before the data
     chief = distribute.is_chief(strategy)
     config, source, end = prepare(config, writes_outputs=chief, strategy=strategy)
     gan = build_in_scope(config, strategy)
@@ -181,11 +194,13 @@ def export_final(gan: DCGAN, config: Config, step: int) -> None:
 
 
 def restore(config: Config, gan: DCGAN, manager: tf.train.CheckpointManager, chief: bool) -> int:
-    """Restore the run's newest readable checkpoint (every worker reads model_dir); the step to start from.
+    """Restore the run's newest readable checkpoint (every worker reads model_dir), or for a new --init_from run
+    the other run's networks; the step to start from.
 
     The chief then records the resolved config.
     """
-    checkpointing.restore_latest(manager.checkpoint, manager.directory)
+    if checkpointing.restore_latest(manager.checkpoint, manager.directory) is None and config.initialized_from:
+        finetune.initialize(gan, config)  # a new --init_from run; a run with checkpoints resumed above
     if chief:
         checkpointing.save_config(config)
     return int(gan.step.numpy())
