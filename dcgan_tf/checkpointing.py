@@ -40,7 +40,7 @@ class CheckpointError(RuntimeError):
 
 # Parts that checkpoints written before they existed lack; restoring such a checkpoint fills them in
 # (`_fill_missing`) instead of refusing it.
-LATER_PARTS = ("step", "generator_ema")
+LATER_PARTS = ("step", "generator_ema", "augment")
 
 
 def make_checkpoint(gan: DCGAN) -> tf.train.Checkpoint:
@@ -54,6 +54,8 @@ def make_checkpoint(gan: DCGAN) -> tf.train.Checkpoint:
     )
     if gan.generator_ema is not None:
         parts["generator_ema"] = gan.generator_ema
+    if gan.augment_p is not None:  # --augment=ada: p and the signs summed since its last adjustment
+        parts["augment"] = tf.train.Checkpoint(p=gan.augment_p, signs=gan.ada_signs)
     return tf.train.Checkpoint(**parts)
 
 
@@ -94,6 +96,8 @@ def _fill_missing(checkpoint: tf.train.Checkpoint, missing: list[str], path: str
         copy_weights(checkpoint.generator, checkpoint.generator_ema)
         logging.warning("%s has no EMA of G (trained before it existed): the EMA starts from G's weights now.",
                         path)
+    if "augment" in missing:
+        logging.info("%s was trained without --augment=ada: ADA's p starts at 0.", path)
 
 
 def make_manager(gan: DCGAN, model_dir: str, keep: int) -> tf.train.CheckpointManager:

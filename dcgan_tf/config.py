@@ -26,6 +26,7 @@ TFDS_DATASETS = (
     "imagenet_resized/64x64",
 )
 Z_DISTRIBUTIONS = ("uniform", "normal")
+AUGMENT_MODES = ("none", "diffaugment", "ada")  # dcgan_tf/augment.py
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 
 # Config fields that are not command-line flags (filled in by the program, recorded in config.json).
@@ -68,12 +69,31 @@ class Config:
     seed: int = 0  # seeds z, the synthetic data, the shuffle order and the weight init
     g_ema: bool = True  # outputs (exports, grids, FID, explore) use the EMA of G's weights; false = the paper's raw G
     g_ema_decay: float = 0.999  # decay of G's weight EMA, warmed up as min(decay, (1+t)/(10+t)); 0 = no EMA kept
+    # Beyond the paper, off by default (docs/evaluation.md measures them):
+    d_learning_rate: float = 0.0  # D's Adam learning rate; 0 = learning_rate (the paper). Above learning_rate:
+                                  # the two time-scale update rule (TTUR, Heusel et al. 2017).
+    label_smoothing: float = 0.0  # one-sided label smoothing (Salimans et al. 2016): D's target for real images is
+                                  # 1 - this; fakes stay 0. 0 = off (the paper).
+    r1_gamma: float = 0.0  # R1 penalty on real images (Mescheder et al. 2018): D's loss += gamma/2 *
+                           # E|grad_x D(x)|^2 (D's logit). 0 = off (the paper).
+
+    # --- Augmentation for small datasets (not in the paper; docs/training.md "Small datasets") ---------------
+    augment: str = "none"  # augment D's inputs (real and fake, both updates): none (the paper), diffaugment or ada
+    augment_policy: str = "color,translation,cutout"  # ops of diffaugment and ada (DiffAugment's names), comma-separated
+    ada_target: float = 0.6  # ada: target of r_t = E[sign(D(real))]; p rises while r_t is above it (ADA paper: 0.6)
+    ada_kimg: int = 500  # ada: thousands of images for p to go from 0 to 1 (ADA paper: 500)
+    ada_interval: int = 4  # ada: steps between adjustments of p (ADA paper: 4)
+    mirror: bool = False  # flip each real image left-right with probability 1/2 in the input pipeline
 
     # --- Speed --------------------------------------------------------------------------------------------
     # Speed settings: "auto" is resolved per machine by dcgan_tf/fast_path.py (train.prepare) and recorded in
     # config.json; `compute_precision` and `use_xla` below read the result.
     jit_compile: str = "auto"  # XLA: auto (on only where measured faster; off on CPUs), true or false
     mixed_precision: str = "auto"  # auto (bfloat16/float16/float32 by hardware), none (float32), bfloat16, float16
+    conv_kernels: str = "auto"  # each paper conv by oneDNN's conv or by matmuls (dcgan_tf/conv_forms.py): auto
+                                # (both timed per layer once per machine and shape, the faster kept), onednn, matmul,
+                                # size (matmul where the small side <= 4), or LAYER=FORM,... (the others auto)
+    kernel_cache_dir: str = "~/.cache/dcgan_tf"  # where conv_kernels=auto keeps its timings ("" = time every run)
     resolved: dict = dataclasses.field(default_factory=dict)  # not a flag: what train resolved "auto" to, and why
 
     # --- Distribution -------------------------------------------------------------------------------------
@@ -125,6 +145,16 @@ class Config:
         if requested != "auto":
             return requested == "true"
         return bool(self.resolved.get("jit_compile", False))
+
+    @property
+    def conv_forms(self) -> dict[str, str] | None:
+        """Each paper conv's form ("onednn" / "matmul") as resolved, or None while unresolved (kernels' size rule).
+
+        `resolved` holds it as "LAYER=FORM,..." (flat values: TensorBoard's HParams take no nested dicts)."""
+        text = self.resolved.get("conv_forms")
+        if text is None:
+            return None
+        return dict(item.split("=", 1) for item in text.split(",") if item)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the config as a plain dict."""
@@ -217,9 +247,17 @@ def validate(config: Config) -> None:
          f"mixed_precision={config.mixed_precision!r} must be auto, none, bfloat16 or float16"),
         (jit_spelling(config.jit_compile) in JIT_VALUES,
          f"jit_compile={config.jit_compile!r} must be auto, true or false"),
+        (config.d_learning_rate >= 0,
+         f"d_learning_rate={config.d_learning_rate} must not be negative (0 = learning_rate, the paper)"),
+        (0 <= config.label_smoothing < 1, f"label_smoothing={config.label_smoothing} must be in [0, 1) (e.g. 0.1)"),
+        (config.r1_gamma >= 0, f"r1_gamma={config.r1_gamma} must not be negative (0 = off)"),
         (0 <= config.g_ema_decay < 1, f"g_ema_decay={config.g_ema_decay} must be in [0, 1) (0 keeps no EMA)"),
         (not config.g_ema or config.g_ema_decay > 0,
          "--g_ema needs an EMA to use: set --g_ema_decay in (0, 1) (e.g. 0.999), or --g_ema=false for the raw G"),
+        (config.augment in AUGMENT_MODES, f"augment={config.augment!r} must be one of {', '.join(AUGMENT_MODES)}"),
+        (0 < config.ada_target < 1, f"ada_target={config.ada_target} must be in (0, 1) (ADA paper: 0.6)"),
+        (config.ada_kimg > 0 and config.ada_interval > 0,
+         f"ada_kimg={config.ada_kimg} and ada_interval={config.ada_interval} must be positive (ADA paper: 500, 4)"),
         (config.train_steps >= 0 and config.epochs >= 0, "train_steps and epochs must not be negative"),
         (config.train_steps > 0 or config.epochs > 0,
          "set --train_steps=N (or --epochs=N for a finite dataset): the run has no length"),
@@ -242,6 +280,7 @@ def validate(config: Config) -> None:
         if not ok:
             raise ConfigError(message)
     check_network_size(config)
+    check_augment_policy(config.augment_policy)
     validate_dataset_name(config.dataset)
     parse_profile_steps(config.profile_steps)
 
@@ -261,6 +300,16 @@ def check_network_size(config: Config) -> None:
                 f"{flag}={width} at image_size={config.image_size} gives a 4x4 layer of {maps} maps (at most "
                 f"{MAX_MAPS_AT_4X4}: its weights alone would need {16 * maps * maps // 2 * 4 / 2**30:.1f} GiB); use "
                 f"--{flag}<={MAX_MAPS_AT_4X4 * 8 // config.image_size} at this size (the paper: 128 at 64x64)")
+
+
+def check_augment_policy(text: str) -> None:
+    """ConfigError unless --augment_policy names known ops (dcgan_tf/augment.py)."""
+    from dcgan_tf import augment  # TensorFlow: imported only when validating
+
+    try:
+        augment.parse_policy(text)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def parse_profile_steps(text: str) -> tuple[int, int] | None:

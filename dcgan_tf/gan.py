@@ -8,9 +8,12 @@ of G's weights (Yazici et al. 2019, "The Unusual Effectiveness of Averaging in G
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import keras
 import tensorflow as tf
 
+from dcgan_tf import augment as augment_lib
 from dcgan_tf import kernels, models
 from dcgan_tf.config import Config
 
@@ -20,6 +23,8 @@ PAPER_BETA1 = 0.5
 # EMA warm-up (as tf.train.ExponentialMovingAverage's num_updates): the decay at update t is
 # min(decay, (1 + t) / (EMA_WARMUP + t)), so the average forgets the random initialisation within tens of steps.
 EMA_WARMUP = 10.0
+# Second words folded into the step's seed for the augmentation of each D input (z uses the step's seed itself).
+AUGMENT_STREAMS = {"real": 0xA06, "fake": 0xA07, "g": 0xA08}
 
 
 def sample_latent(num: int, latent_dim: int, seed: tf.Tensor, z_dist: str = "uniform") -> tf.Tensor:
@@ -51,11 +56,21 @@ class DCGAN(keras.Model):
         generator_ema: keras.Model | None = None,
         ema_decay: float = 0.999,
         use_ema: bool | None = None,
+        label_smoothing: float = 0.0,
+        r1_gamma: float = 0.0,
+        augment: augment_lib.Settings | None = None,
         **kwargs,
     ):
         """`generator_ema`: a second generator of G's architecture that holds the EMA of G's weights (None: no
-        EMA); `use_ema`: whether outputs (`output_generator`: exports, grids, FID) come from it (default: if any)."""
+        EMA); `use_ema`: whether outputs (`output_generator`: exports, grids, FID) come from it (default: if any).
+        `label_smoothing`: D's target for real images is 1 - it (one-sided); `r1_gamma`: weight of the R1 penalty
+        on real images (`real_logits_and_r1`). Both 0 in the paper. `augment`: the augmentation of D's inputs in
+        train_step (None or mode "none": none, the paper)."""
         super().__init__(**kwargs)
+        if not 0.0 <= label_smoothing < 1.0 or r1_gamma < 0:
+            raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 1) and r1_gamma={r1_gamma} >= 0")
+        self.label_smoothing = label_smoothing
+        self.r1_gamma = r1_gamma
         use_ema = generator_ema is not None if use_ema is None else use_ema
         if use_ema and generator_ema is None:
             raise ValueError("use_ema=True needs a generator_ema (pass one, or use_ema=False for the raw G)")
@@ -80,6 +95,7 @@ class DCGAN(keras.Model):
         self.g_loss_tracker = keras.metrics.Mean(name="g_loss")
         self.d_real_tracker = keras.metrics.Mean(name="d_real")
         self.d_fake_tracker = keras.metrics.Mean(name="d_fake")
+        self._init_augment(augment)
         # Both sub-networks are functional models built from keras.Input: nothing is left to build, and
         # fit() under a strategy fails on an "unbuilt" subclassed model ("Unable to automatically build the
         # model", keras#20164).
@@ -104,7 +120,8 @@ class DCGAN(keras.Model):
     @property
     def metrics(self) -> list[keras.metrics.Metric]:
         """Trackers reset by Keras at each epoch."""
-        return [self.d_loss_tracker, self.g_loss_tracker, self.d_real_tracker, self.d_fake_tracker]
+        return [self.d_loss_tracker, self.g_loss_tracker, self.d_real_tracker, self.d_fake_tracker
+                ] + self.augment_trackers
 
     @property
     def step(self) -> tf.Variable:
@@ -146,6 +163,26 @@ class DCGAN(keras.Model):
 
         tf.__internal__.distribute.interim.maybe_merge_call(update_all, tf.distribute.get_strategy(), decay)
 
+    def real_logits_and_r1(self, real: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor | None]:
+        """D's logits of real images, and each image's R1 penalty (r1_gamma / 2) |grad_x D(x)|^2 (None when off).
+
+        R1 (Mescheder et al. 2018, "Which Training Methods for GANs do actually Converge?"): the gradient of D's
+        logit with respect to the real image, penalised on real data only; its gradient with respect to D's
+        weights is a second derivative, so the inner tape runs under the caller's D tape.
+        """
+        if self.r1_gamma <= 0:
+            return self.discriminator(self._augment(real, "real"), training=True), None
+        real = tf.cast(real, tf.float32)
+        with tf.GradientTape() as tape:
+            tape.watch(real)
+            # With augmentation D sees the augmented image and the gradient is taken w.r.t. the un-augmented one,
+            # as StyleGAN2-ADA does (its R1 term runs D through the augment pipe).
+            logits = self.discriminator(self._augment(real, "real"), training=True)
+            total = tf.reduce_sum(tf.cast(logits, tf.float32))
+        grads = tape.gradient(total, real)
+        penalty = 0.5 * self.r1_gamma * tf.reduce_sum(tf.square(grads), axis=list(range(1, len(real.shape))))
+        return logits, penalty
+
     def call(self, z: tf.Tensor, training: bool = False) -> tf.Tensor:
         """Generate images in [-1, 1] from z."""
         return self.generator(z, training=training)
@@ -154,6 +191,17 @@ class DCGAN(keras.Model):
         """z [num, latent_dim] from an integer seed, the same on every call (used for fixed-z grids)."""
         return sample_latent(num, self.latent_dim, tf.constant([seed, 0], tf.int64), self.z_dist)
 
+    def _replica_rows(self, local_batch: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """(first row, global batch size): where this replica's local batch sits in the global batch."""
+        ctx = tf.distribute.get_replica_context()
+        num_replicas = ctx.num_replicas_in_sync if ctx is not None else 1
+        replica_id = tf.cast(ctx.replica_id_in_sync_group, tf.int32) if ctx is not None else 0
+        return replica_id * local_batch, local_batch * num_replicas
+
+    def _step_seed(self) -> tf.Tensor:
+        """The [2] stateless seed of this step's randomness, (seed, step + 1)."""
+        return tf.stack([tf.constant(self.seed, tf.int64), tf.cast(self.step_counter.value, tf.int64) + 1])
+
     def _replica_z(self, local_batch: tf.Tensor) -> tf.Tensor:
         """This replica's slice of the global batch's z, drawn from (seed, step).
 
@@ -161,12 +209,54 @@ class DCGAN(keras.Model):
         with one SeedGenerator drew the same z on every replica), N replicas see exactly the z one replica
         would, and the RNG state is the step counter, so a restored checkpoint continues the same noise stream.
         """
+        first, total = self._replica_rows(local_batch)
+        z = sample_latent(total, self.latent_dim, self._step_seed(), self.z_dist)
+        return z[first:first + local_batch]
+
+    # --- Augmentation of D's inputs (dcgan_tf/augment.py); no-ops with augment "none" ------------------------
+
+    def _init_augment(self, settings: augment_lib.Settings | None) -> None:
+        """Keep the settings; for ADA, p and its sign accumulator (checkpointed) and the trackers of p and r_t."""
+        self.augment = settings if settings is not None and settings.mode != "none" else None
+        self.augment_trackers: list[keras.metrics.Metric] = []
+        self.augment_p = self.ada_signs = None
+        if self.augment is not None and self.augment.mode == "ada":
+            # The same on every replica (each computes the same value from all-reduced signs), as the step.
+            self.augment_p = keras.Variable(0.0, dtype="float32", trainable=False,
+                                            aggregation="only_first_replica", name="augment_p")
+            # [sum of sign(D(real)), images] since the last adjustment of p.
+            self.ada_signs = keras.Variable([0.0, 0.0], dtype="float32", trainable=False,
+                                            aggregation="only_first_replica", name="ada_signs")
+            self.augment_trackers = [keras.metrics.Mean(name="augment_p"), keras.metrics.Mean(name="r_t")]
+
+    def _augment(self, images: tf.Tensor, which: str) -> tf.Tensor:
+        """`images` as D sees them in training: augmented per the settings, stateless from (seed, step, which)."""
+        if self.augment is None:
+            return images
+        first, total = self._replica_rows(tf.shape(images)[0])
+        seed = tf.random.experimental.stateless_fold_in(self._step_seed(), AUGMENT_STREAMS[which])
+        p = self.augment_p.value if self.augment_p is not None else None
+        return augment_lib.augment_images(images, self.augment.policy, seed, p, first, total)
+
+    def _adapt_augment(self, real_logits: tf.Tensor) -> None:
+        """ADA: add this step's signs of D(augmented real) to the sum; every ada_interval steps, adjust p."""
+        if self.augment_p is None:
+            return
+        signs = tf.sign(tf.reshape(tf.cast(real_logits, tf.float32), [-1]))
+        local = tf.stack([tf.reduce_sum(signs), tf.cast(tf.size(signs), tf.float32)])
         ctx = tf.distribute.get_replica_context()
-        num_replicas = ctx.num_replicas_in_sync if ctx is not None else 1
-        replica_id = tf.cast(ctx.replica_id_in_sync_group, tf.int32) if ctx is not None else 0
-        seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(self.step_counter.value, tf.int64) + 1])
-        z = sample_latent(local_batch * num_replicas, self.latent_dim, seed, self.z_dist)
-        return z[replica_id * local_batch:(replica_id + 1) * local_batch]
+        total = (ctx.all_reduce(tf.distribute.ReduceOp.SUM, local)
+                 if ctx is not None and ctx.num_replicas_in_sync > 1 else local)
+        summed = self.ada_signs.value + total
+        settings = self.augment
+        now = tf.equal((self.step_counter.value + 1) % settings.ada_interval, 0)
+        p = self.augment_p.value
+        new_p = tf.where(now, augment_lib.ada_adjust(p, summed[0], summed[1], settings.ada_target,
+                                                     settings.ada_kimg), p)
+        self.augment_p.assign(new_p)
+        self.ada_signs.assign(tf.where(now, tf.zeros_like(summed), summed))
+        self.augment_trackers[0].update_state(new_p)
+        self.augment_trackers[1].update_state(local[0] / local[1])  # r_t of this replica's batch
 
     def train_step(self, data) -> dict[str, tf.Tensor]:
         """One D update (real vs fake) then one G update (non-saturating loss) on a batch of real images."""
@@ -183,22 +273,26 @@ class DCGAN(keras.Model):
         with tf.GradientTape() as g_tape:
             fake = self.generator(z, training=True)  # one G forward, reused by both updates
             with g_tape.stop_recording(), tf.GradientTape() as d_tape:
-                real_logits = self.discriminator(real, training=True)
-                fake_logits = self.discriminator(tf.stop_gradient(fake), training=True)
-                real_bce, fake_bce = _bce_per_example(real_logits, 1.0), _bce_per_example(fake_logits, 0.0)
+                real_logits, r1_penalty = self.real_logits_and_r1(real)
+                fake_logits = self.discriminator(self._augment(tf.stop_gradient(fake), "fake"), training=True)
+                real_bce = _bce_per_example(real_logits, 1.0 - self.label_smoothing)  # one-sided smoothing
+                fake_bce = _bce_per_example(fake_logits, 0.0)
                 d_loss = average(real_bce) + average(fake_bce)
+                if r1_penalty is not None:
+                    d_loss += average(r1_penalty)
                 scaled_d_loss = self.d_optimizer.scale_loss(d_loss)
             d_grads = d_tape.gradient(scaled_d_loss, self.discriminator.trainable_variables)
             with g_tape.stop_recording():
                 self.d_optimizer.apply_gradients(zip(d_grads, self.discriminator.trainable_variables))
             # Non-saturating G loss (paper, after Goodfellow et al.): maximise log D(G(z)) with the updated D.
-            g_bce = _bce_per_example(self.discriminator(fake, training=True), 1.0)
+            g_bce = _bce_per_example(self.discriminator(self._augment(fake, "g"), training=True), 1.0)
             g_loss = average(g_bce)
             scaled_g_loss = self.g_optimizer.scale_loss(g_loss)
         g_grads = g_tape.gradient(scaled_g_loss, self.generator.trainable_variables)
         self.g_optimizer.apply_gradients(zip(g_grads, self.generator.trainable_variables))
         if self.generator_ema is not None:
             self.update_ema()
+        self._adapt_augment(real_logits)  # before the count: it reads this step's number
         # Counted here, not by an optimizer: a loss-scale-skipped step is still a step (its data and z were used).
         self.step_counter.assign_add(1)
 
@@ -219,16 +313,17 @@ def copy_weights(source: keras.Model, target: keras.Model) -> None:
 
 
 def build_gan(config: Config, *, precision: str = "none", sync_batchnorm: bool = False,
-              fast_kernels: bool = True) -> DCGAN:
-    """The DCGAN for `config`, compiled with the paper's Adam (config's lr, beta1, beta2).
+              fast_kernels: bool = True, conv_forms: Mapping[str, str] | None = None) -> DCGAN:
+    """The DCGAN for `config`, compiled with the paper's Adam (config's lr, beta1, beta2; D: d_learning_rate if set).
 
-    `precision`, `sync_batchnorm` and `fast_kernels` say how the networks compute (see models.py); the caller
-    resolves them (train.build_in_scope: from the resolved config and the strategy). The optimizers follow the
+    `precision`, `sync_batchnorm`, `fast_kernels` and `conv_forms` say how the networks compute (see models.py); the
+    caller resolves them (train.build_in_scope: from the resolved config and the strategy). The optimizers follow the
     run's own precision, `config.compute_precision`: under float16 they are wrapped for loss scaling, which the
     checkpoint holds, so a float32 rebuild of a float16 run (checkpointing.load_run) still restores every value.
     """
     keras.utils.set_random_seed(config.seed)  # the same seed gives the same initial weights
-    options = dict(precision=precision, sync_batchnorm=sync_batchnorm, fast_kernels=fast_kernels)
+    options = dict(precision=precision, sync_batchnorm=sync_batchnorm, fast_kernels=fast_kernels,
+                   conv_forms=conv_forms)
     with kernels.precision_policy(precision):
         generator = models.build_generator(config, **options)
         discriminator = models.build_discriminator(config, **options)
@@ -236,19 +331,27 @@ def build_gan(config: Config, *, precision: str = "none", sync_batchnorm: bool =
         generator_ema = (models.build_generator(config, name="generator_ema", **options)
                          if config.g_ema_decay > 0 else None)
         gan = DCGAN(generator, discriminator, config.nz, config.z_dist, config.seed, generator_ema=generator_ema,
-                    ema_decay=config.g_ema_decay, use_ema=config.g_ema)
+                    ema_decay=config.g_ema_decay, use_ema=config.g_ema,
+                    label_smoothing=config.label_smoothing, r1_gamma=config.r1_gamma,
+                    augment=augment_settings(config))
         gan.compile(
-            d_optimizer=_adam(config, fast_kernels),
-            g_optimizer=_adam(config, fast_kernels),
+            d_optimizer=_adam(config, fast_kernels, config.d_learning_rate or config.learning_rate),
+            g_optimizer=_adam(config, fast_kernels, config.learning_rate),
             jit_compile=config.use_xla,
         )
     return gan
 
 
-def _adam(config: Config, fast_kernels: bool) -> keras.optimizers.Optimizer:
-    """Adam (the fused update kernel with fast kernels) with the config's settings, loss-scaled under float16."""
+def augment_settings(config: Config) -> augment_lib.Settings:
+    """The augmentation of D's inputs that `config` asks for (--augment, --augment_policy, --ada_*)."""
+    return augment_lib.Settings(config.augment, augment_lib.parse_policy(config.augment_policy), config.ada_target,
+                                float(config.ada_kimg), config.ada_interval)
+
+
+def _adam(config: Config, fast_kernels: bool, learning_rate: float) -> keras.optimizers.Optimizer:
+    """Adam (the fused update kernel with fast kernels) with the config's betas, loss-scaled under float16."""
     adam = kernels.FusedAdam if fast_kernels else keras.optimizers.Adam
-    optimizer = adam(config.learning_rate, beta_1=config.beta1, beta_2=config.beta2)
+    optimizer = adam(learning_rate, beta_1=config.beta1, beta_2=config.beta2)
     if config.compute_precision == "float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer

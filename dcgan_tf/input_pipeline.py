@@ -45,6 +45,8 @@ SYNTHETIC_RADIUS = (0.22, 0.30)  # shape size range, a fraction of the image sid
 SYNTHETIC_CENTRE = (0.40, 0.60)  # centre range: every shape lies wholly inside the image (extent <= 0.4 side)
 # Second word of the seed of the data order, apart from the seeds of z and the synthetic images.
 _ORDER_STREAM = 0x0DE7
+# Second word of the seed of --mirror's flips.
+_MIRROR_STREAM = 0x0F11
 # Where TFDS downloads a dataset whose builder lists no URLs (its prepared copies on Google Cloud Storage).
 _TFDS_DOWNLOAD_HOST = ("storage.googleapis.com", 443)
 _PROBE_TIMEOUT_S = 5.0
@@ -371,6 +373,8 @@ def make_dataset(
         shards, shard = input_context.num_input_pipelines, input_context.input_pipeline_id
     examples_per_step = batch * (1 if input_context is None else input_context.num_replicas_in_sync // shards)
     images = _image_stream(config, source, shards, shard, skip=start_step * examples_per_step)
+    if config.mirror:
+        images = mirrored(images, config.seed, shards, shard, skip=start_step * examples_per_step)
     ds = images.map(scale_to_unit_range, num_parallel_calls=AUTOTUNE)
     ds = ds.batch(batch, drop_remainder=True, num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
@@ -394,6 +398,20 @@ def _image_stream(config: Config, source: Source, shards: int, shard: int, skip:
     records = _blockwise_shuffled(config, _shard(source.records, shards, shard),
                                   shard_size(source.num_examples, shards, shard), skip)
     return records.map(source.decode, num_parallel_calls=AUTOTUNE).ignore_errors(log_warning=True)
+
+
+def mirrored(images: tf.data.Dataset, seed: int, shards: int, shard: int,
+             skip: int) -> tf.data.Dataset:
+    """--mirror: each image of the stream flipped left-right with probability 1/2, seeded by its position in the
+    stream (from `skip` on), so a resumed run flips exactly as an uninterrupted one."""
+    positions = tf.data.Dataset.range(skip, 2**62)
+
+    def flip(position: tf.Tensor, image: tf.Tensor) -> tf.Tensor:
+        key = tf.random.experimental.stateless_fold_in(tf.constant([seed, _MIRROR_STREAM], tf.int64),
+                                                       position * shards + shard)
+        return tf.image.stateless_random_flip_left_right(image, key)
+
+    return tf.data.Dataset.zip(positions, images).map(flip, num_parallel_calls=AUTOTUNE)
 
 
 def _shard(records: tf.data.Dataset, shards: int, shard: int) -> tf.data.Dataset:

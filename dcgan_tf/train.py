@@ -59,6 +59,7 @@ def prepare(config: Config, writes_outputs: bool = True, strategy: tf.distribute
     (a non-chief worker, which writes to a temporary folder) skips the model_dir probe.
     """
     source = input_pipeline.make_source(config)
+    warn_if_small(config, source)
     config = config.replace(channels=source.channels)
     end_step = total_steps(config, source)
     if writes_outputs:
@@ -68,6 +69,17 @@ def prepare(config: Config, writes_outputs: bool = True, strategy: tf.distribute
         config_lib.check_compatible(saved, config)
     config = fast_path.resolve(config, strategy, saved)  # `auto` precision/XLA; a resumed run keeps its own
     return config, source, end_step
+
+
+def warn_if_small(config: Config, source: input_pipeline.Source) -> None:
+    """Say so when a small finite dataset trains without augmentation: D memorises it (docs/training.md)."""
+    from dcgan_tf.augment import SMALL_DATASET
+
+    if config.augment == "none" and source.num_examples is not None and source.num_examples < SMALL_DATASET:
+        logging.warning("%s has only %d images (< %d) and --augment=none: with this little data D memorises the "
+                        "training set and G's samples degrade. Consider --augment=diffaugment (or --augment=ada) "
+                        "and, where left and right do not matter, --mirror (docs/training.md, \"Small datasets\").",
+                        config.dataset, source.num_examples, SMALL_DATASET)
 
 
 def make_callbacks(config: Config, gan: DCGAN, manager: tf.train.CheckpointManager,
@@ -118,7 +130,8 @@ def build_in_scope(config: Config, strategy: tf.distribute.Strategy) -> DCGAN:
     """
     with strategy.scope():
         return build_gan(config, precision=config.compute_precision,
-                         sync_batchnorm=config.sync_batchnorm and strategy.num_replicas_in_sync > 1)
+                         sync_batchnorm=config.sync_batchnorm and strategy.num_replicas_in_sync > 1,
+                         conv_forms=config.conv_forms)
 
 
 def train(config: Config) -> DCGAN:

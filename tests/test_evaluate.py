@@ -424,3 +424,19 @@ def test_knn_radius_is_the_kth_neighbour_excluding_the_point_itself():
     np.testing.assert_array_equal(fid_lib.knn_radii(points, k=3), [49.0, 36.0, 16.0, 49.0, 196.0])
     with pytest.raises(ValueError, match="needs more than 3 samples"):
         fid_lib.precision_recall(points[:3], points)
+
+
+def test_fid_real_images_come_from_the_split_asked_for(tiny_config, classifier, monkeypatch):
+    # `evaluate fid --split=test`: e.g. a model trained on a slice of the train split, scored against test images.
+    from dcgan_tf import evaluate
+
+    checkpointing.save_config(tiny_config)
+    checkpointing.make_manager(build_gan(tiny_config), tiny_config.model_dir, 1).save()
+    seen = {}
+    monkeypatch.setattr(reports, "fid_report", lambda *args, **kwargs: seen.update(kwargs) or {})
+    for split in ("test", None):
+        options = evaluate.Options(model_dir=tiny_config.model_dir, extractor="classifier",
+                                   classifier_path=classifier[0], best=False, bn_samples=0,
+                                   **({"split": split} if split else {}))
+        evaluate.run_fid(options)
+        assert seen["split"] == (split or "train")
