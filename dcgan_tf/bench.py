@@ -6,7 +6,8 @@
     python -m dcgan_tf.bench sample --image_size=64 --ngf=64 [--model_dir=runs/x] [--grpc] [--clients=8]
     python -m dcgan_tf.bench flops --image_size=64 --ngf=64 --ndf=64 --batch_size=64
     python -m dcgan_tf.bench compare --image_size=64 --ngf=64 --ndf=64 --batch_size=64 \
-        --torch_python=/tmp/torchenv/bin/python [--torch_reference=../shared/peers/torch_dcgan_reference.py]
+        --torch_python=/tmp/torchenv/bin/python [--torch_reference=PATH/torch_dcgan_reference.py] [--isa=AVX2]
+        [--kernels_check]
 
 Every rate is the median of several timed windows after warm-up (tracing, XLA compilation and thread-pool
 start excluded). `train` also reports CPU seconds per step (this process's user+system time), which stays
@@ -124,7 +125,8 @@ def bench_train(
 ) -> dict[str, Any]:
     """Training images/s of fit()'s own train function (the step, plus the input pipeline unless random)."""
     config = _resolved(_channels(config))
-    gan = build_gan(config, precision=config.compute_precision)  # in the step's precision, as train.py builds it
+    # In the step's precision and with the run's conv forms, as train.py builds it.
+    gan = build_gan(config, precision=config.compute_precision, conv_forms=config.conv_forms)
     if steps_per_execution > 1:
         # Keras reads it when it builds the train function: that many steps per call, in one tf.function.
         gan.steps_per_execution = steps_per_execution
@@ -445,9 +447,45 @@ def _torch_command(config: Config, variant: str, torch_python: str, reference: s
             *(["--channels_last"] if channels_last else []), *(["--bf16"] if bf16 else [])]
 
 
-def _run_json(command: list[str]) -> dict[str, Any]:
-    """Run a benchmark command; its last JSON line, with the CPU seconds the process used (import included)."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+# oneDNN ISA (rank) -> PyTorch's ATen kernel level (ATEN_CPU_CAPABILITY) that uses no instruction above it.
+ATEN_CAPABILITIES = (("AVX512_CORE", "avx512"), ("AVX2", "avx2"), ("SSE41", "default"))
+
+
+def isa_environ(isa: str | None) -> dict[str, str]:
+    """The environment that caps a process's CPU kernels at oneDNN ISA `isa` (e.g. "AVX2"): oneDNN in TensorFlow
+    and PyTorch (ONEDNN_MAX_CPU_ISA) and PyTorch's own ATen kernels (ATEN_CPU_CAPABILITY); {} for no cap."""
+    from dcgan_tf import fast_path
+
+    cap = fast_path.onednn_isa_cap({"ONEDNN_MAX_CPU_ISA": isa or ""})
+    if cap is None:
+        return {}
+    rank = fast_path.ONEDNN_ISA_RANKS[cap]
+    aten = next(level for name, level in ATEN_CAPABILITIES if fast_path.ONEDNN_ISA_RANKS[name] <= rank)
+    return {"ONEDNN_MAX_CPU_ISA": cap, "ATEN_CPU_CAPABILITY": aten}
+
+
+def onednn_kernels(output: str) -> dict[str, list[str]]:
+    """{primitive kind: its implementations} from ONEDNN_VERBOSE=1 output's exec lines (e.g. convolution:
+    ["brg_conv_fwd:avx2", "jit:avx2"]): which kernels a process ran, and so which ISA they use."""
+    kernels_used: dict[str, set[str]] = {}
+    for line in output.splitlines():
+        fields = line.split(",")
+        if fields[0] != "onednn_verbose" or "exec" not in fields:
+            continue
+        at = fields.index("exec")
+        if len(fields) > at + 3:
+            kernels_used.setdefault(fields[at + 2], set()).add(fields[at + 3] or "(unnamed)")
+    return {kind: sorted(names) for kind, names in sorted(kernels_used.items())}
+
+
+def _run_json(command: list[str], extra_env: dict[str, str] | None = None, verbose: bool = False) -> dict[str, Any]:
+    """Run a benchmark command; its last JSON line, with the CPU seconds the process used (import included).
+
+    `extra_env` is added to the environment (e.g. isa_environ's cap); `verbose` runs it with ONEDNN_VERBOSE=1 and
+    adds the oneDNN kernels it ran (onednn_kernels) as "onednn_kernels".
+    """
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"), **(extra_env or {}),
+           **({"ONEDNN_VERBOSE": "1"} if verbose else {})}
     before = os.times()
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     after = os.times()
@@ -457,17 +495,21 @@ def _run_json(command: list[str]) -> dict[str, Any]:
     result = json.loads(lines[-1])
     result["process_cpu_s"] = round((after.children_user - before.children_user)
                                     + (after.children_system - before.children_system), 1)
+    if verbose:
+        result["onednn_kernels"] = onednn_kernels(done.stdout + "\n" + done.stderr)
     return result
 
 
 def compare(config: Config, torch_python: str | None, torch_reference: str, rounds: int = 2,
             variants: list[str] | None = None, windows: int = 3, steps_per_window: int = 2, warmup_steps: int = 2,
-            matmul: bool = True) -> Iterator[dict[str, Any]]:
+            matmul: bool = True, isa: str | None = None, kernels_check: bool = False) -> Iterator[dict[str, Any]]:
     """Every variant, `rounds` times in turn, each in its own process; one line per variant with the medians.
 
     Each line gives the variant's median img/s, its per-round rates and the 1-minute load at each round's
     start, and its ratio to the fastest PyTorch variant of the same precision (bfloat16 with bfloat16,
-    float32 with float32) in each round and as the median of those per-round ratios.
+    float32 with float32) in each round and as the median of those per-round ratios. `isa` caps every variant's
+    CPU kernels (isa_environ: an AMX Xeon then runs an AVX2 machine's kernels); `kernels_check` first runs each
+    variant for a step with ONEDNN_VERBOSE=1 and reports the oneDNN kernels it ran, to check that cap.
     """
     names = list(variants or VARIANTS)
     unknown = sorted(set(names) - set(VARIANTS))
@@ -478,30 +520,43 @@ def compare(config: Config, torch_python: str | None, torch_reference: str, roun
     elif not os.path.exists(torch_reference):
         raise ValueError(f"--torch_reference={torch_reference!r} does not exist: pass the path of "
                          "torch_dcgan_reference.py")
+    env = isa_environ(isa)
     rates: dict[str, list[float]] = {n: [] for n in names}
     cpu: dict[str, list[float | None]] = {n: [] for n in names}
     last: dict[str, dict[str, Any]] = {}
+    used: dict[str, dict[str, list[str]]] = {}
+    if kernels_check:
+        for name in names:
+            command = (_tf_command(config, name, 1, 1, 1, False) if name in TF_VARIANTS
+                       else _torch_command(config, name, torch_python, torch_reference, 1))
+            used[name] = _run_json(command, env, verbose=True)["onednn_kernels"]
+            logging.info("%s ran oneDNN kernels %s", name, used[name])
     loads = []
     for _ in range(rounds):
         loads.append(round(os.getloadavg()[0], 2))
         for name in names:
             if name in TF_VARIANTS:
-                result = _run_json(_tf_command(config, name, windows, steps_per_window, warmup_steps, matmul))
+                result = _run_json(_tf_command(config, name, windows, steps_per_window, warmup_steps, matmul), env)
             else:
-                result = _time_torch(config, name, torch_python, torch_reference, windows * steps_per_window)
+                result = _time_torch(config, name, torch_python, torch_reference, windows * steps_per_window, env)
             rates[name].append(float(result["img_per_s"]))
             cpu[name].append(result.get("cpu_s_per_step"))
             last[name] = result
             logging.info("%s: %.1f img/s", name, result["img_per_s"])
-    yield from _comparison_lines(config, names, rates, last, loads, cpu)
+    for line in _comparison_lines(config, names, rates, last, loads, cpu):
+        line["isa_environ"] = env
+        if line["variant"] in used:
+            line["onednn_kernels"] = used[line["variant"]]
+        yield line
 
 
-def _time_torch(config: Config, name: str, torch_python: str, reference: str, steps: int) -> dict[str, Any]:
+def _time_torch(config: Config, name: str, torch_python: str, reference: str, steps: int,
+                extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     """The peer's img/s, and its CPU seconds per step: the difference between a run of `steps` timed steps and
     one of 1, over steps - 1 (the peer reports only wall time, which the machine's other load distorts)."""
-    result = _run_json(_torch_command(config, name, torch_python, reference, steps))
+    result = _run_json(_torch_command(config, name, torch_python, reference, steps), extra_env)
     if steps > 1:
-        short = _run_json(_torch_command(config, name, torch_python, reference, 1))
+        short = _run_json(_torch_command(config, name, torch_python, reference, 1), extra_env)
         result["cpu_s_per_step"] = round(max(result["process_cpu_s"] - short["process_cpu_s"], 0.0) / (steps - 1), 3)
     return result
 
@@ -562,7 +617,7 @@ def _settings(config: Config) -> dict[str, Any]:
 # (both built by dcgan_tf/cli.py).
 
 CONFIG_FLAGS = ("dataset", "data_dir", "image_size", "channels", "ngf", "ndf", "nz", "batch_size", "jit_compile",
-                "mixed_precision")
+                "mixed_precision", "conv_kernels", "kernel_cache_dir")
 
 
 @dataclasses.dataclass
@@ -576,6 +631,9 @@ class Options:
     matmul: bool = True  # Also measure the machine's matmul rate in the step's precision (seconds).
     torch_python: str | None = None  # compare: a Python with PyTorch, to time the PyTorch peer too.
     torch_reference: str = "../shared/peers/torch_dcgan_reference.py"  # compare: the PyTorch peer script.
+    isa: str = ""  # compare: cap every variant's CPU kernels at this oneDNN ISA, e.g. AVX2 (ONEDNN_MAX_CPU_ISA, and
+                   # ATEN_CPU_CAPABILITY for PyTorch): an AVX-512/AMX machine then computes like an AVX2 one.
+    kernels_check: bool = False  # compare: first run each variant once with ONEDNN_VERBOSE=1 and report its kernels.
     rounds: int = 2  # compare: rounds over all variants (interleaved); medians are reported.
     variants: list[str] | None = None  # compare: a subset of VARIANTS (default: all).
     model_dir: str | None = None  # sample: a training run whose generator to time (default: fresh init).
@@ -611,7 +669,8 @@ def run_command(command: str, config: Config, opts: Options) -> Iterator[dict[st
     if command == "compare":
         yield from compare(config, opts.torch_python, opts.torch_reference, opts.rounds, opts.variants,
                            windows=opts.windows, steps_per_window=opts.steps_per_window,
-                           warmup_steps=opts.warmup_steps, matmul=opts.matmul)
+                           warmup_steps=opts.warmup_steps, matmul=opts.matmul, isa=opts.isa or None,
+                           kernels_check=opts.kernels_check)
         return
     matmul = matmul_cpu = None
     if opts.matmul and command in ("train", "flops"):

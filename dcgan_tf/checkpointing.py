@@ -260,12 +260,13 @@ def read_run_config(model_dir: str) -> Config | None:
     return Config.from_json_file(path) if os.path.exists(path) else None
 
 
-def load_run(model_dir: str, g_ema: bool | None = None) -> tuple[Config, DCGAN]:
+def load_run(model_dir: str, g_ema: bool | None = None, checkpoint_step: int = 0) -> tuple[Config, DCGAN]:
     """Rebuild a trained run's DCGAN from model_dir (config.json + latest checkpoint), outside any strategy.
 
     The networks are float32 whatever the run's precision, but the optimizers are those the run trained with
     (a LossScaleOptimizer under float16), so every value of the checkpoint finds its variable. `g_ema` picks
-    the generator of the outputs (`gan.output_generator`): None = the run's own choice.
+    the generator of the outputs (`gan.output_generator`): None = the run's own choice. `checkpoint_step` > 0
+    restores the checkpoint of that step (ckpt-N) instead of the latest; a CheckpointError lists the steps kept.
     """
     from dcgan_tf.gan import build_gan
 
@@ -283,7 +284,10 @@ def load_run(model_dir: str, g_ema: bool | None = None) -> tuple[Config, DCGAN]:
     # Float32 networks whatever the run trained in (build_gan's default precision); the optimizers still follow
     # the run's precision (loss scaling under float16), so every value of the checkpoint finds its variable.
     gan = build_gan(config)
-    path = restore_latest(make_checkpoint(gan), os.path.join(model_dir, CHECKPOINT_SUBDIR))
+    if checkpoint_step:
+        path = restore_step(gan, model_dir, checkpoint_step)
+    else:
+        path = restore_latest(make_checkpoint(gan), os.path.join(model_dir, CHECKPOINT_SUBDIR))
     if path is None:
         raise CheckpointError(f"{model_dir} has no checkpoint yet under {CHECKPOINT_SUBDIR}/")
     if gan.use_ema and "generator_ema" not in saved_parts(path):
@@ -293,6 +297,17 @@ def load_run(model_dir: str, g_ema: bool | None = None) -> tuple[Config, DCGAN]:
     logging.info("Loaded %s at step %d; outputs use its %s generator.", model_dir, int(gan.step.numpy()),
                  "EMA" if gan.use_ema else "raw")
     return config, gan
+
+
+def restore_step(gan: DCGAN, model_dir: str, step: int) -> str:
+    """Restore the run's checkpoint of `step` (ckpt-N) into `gan`; its path, or a CheckpointError listing the steps."""
+    paths, _ = recovered_paths(os.path.join(model_dir, CHECKPOINT_SUBDIR))
+    wanted = [path for path in paths if checkpoint_step(path) == step]
+    if not wanted:
+        raise CheckpointError(f"{model_dir} has no checkpoint of step {step}; it has steps "
+                              f"{[checkpoint_step(path) for path in paths]}")
+    restore_checkpoint(make_checkpoint(gan), wanted[0])
+    return wanted[0]
 
 
 def save_config(config: Config) -> None:

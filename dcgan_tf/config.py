@@ -30,7 +30,7 @@ AUGMENT_MODES = ("none", "diffaugment", "ada")  # dcgan_tf/augment.py
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 
 # Config fields that are not command-line flags (filled in by the program, recorded in config.json).
-NOT_FLAGS = ("resolved",)
+NOT_FLAGS = ("resolved", "initialized_from")
 
 # Fields that fix the shape of the networks: resuming with other values cannot work.
 ARCHITECTURE_FIELDS = ("image_size", "channels", "nz", "ngf", "ndf", "z_dist")
@@ -69,6 +69,13 @@ class Config:
     seed: int = 0  # seeds z, the synthetic data, the shuffle order and the weight init
     g_ema: bool = True  # outputs (exports, grids, FID, explore) use the EMA of G's weights; false = the paper's raw G
     g_ema_decay: float = 0.999  # decay of G's weight EMA, warmed up as min(decay, (1+t)/(10+t)); 0 = no EMA kept
+    # Beyond the paper, off by default (docs/evaluation.md measures them):
+    d_learning_rate: float = 0.0  # D's Adam learning rate; 0 = learning_rate (the paper). Above learning_rate:
+                                  # the two time-scale update rule (TTUR, Heusel et al. 2017).
+    label_smoothing: float = 0.0  # one-sided label smoothing (Salimans et al. 2016): D's target for real images is
+                                  # 1 - this; fakes stay 0. 0 = off (the paper).
+    r1_gamma: float = 0.0  # R1 penalty on real images (Mescheder et al. 2018): D's loss += gamma/2 *
+                           # E|grad_x D(x)|^2 (D's logit). 0 = off (the paper).
 
     # --- Augmentation for small datasets (not in the paper; docs/training.md "Small datasets") ---------------
     augment: str = "none"  # augment D's inputs (real and fake, both updates): none (the paper), diffaugment or ada
@@ -83,6 +90,10 @@ class Config:
     # config.json; `compute_precision` and `use_xla` below read the result.
     jit_compile: str = "auto"  # XLA: auto (on only where measured faster; off on CPUs), true or false
     mixed_precision: str = "auto"  # auto (bfloat16/float16/float32 by hardware), none (float32), bfloat16, float16
+    conv_kernels: str = "auto"  # each paper conv by oneDNN's conv or by matmuls (dcgan_tf/conv_forms.py): auto
+                                # (both timed per layer once per machine and shape, the faster kept), onednn, matmul,
+                                # size (matmul where the small side <= 4), or LAYER=FORM,... (the others auto)
+    kernel_cache_dir: str = "~/.cache/dcgan_tf"  # where conv_kernels=auto keeps its timings ("" = time every run)
     resolved: dict = dataclasses.field(default_factory=dict)  # not a flag: what train resolved "auto" to, and why
 
     # --- Distribution -------------------------------------------------------------------------------------
@@ -105,6 +116,14 @@ class Config:
     verbose: int = 1  # 1: progress bar on a terminal, else a log line every log_every steps; 2: log lines; 0: none
     profile_steps: str = ""  # "START,END": capture a TensorBoard profile of global steps START..END, e.g. "20,25"
 
+    # --- Fine-tuning (dcgan_tf/finetune.py) -----------------------------------------------------------------
+    init_from: str = ""  # OTHER_MODEL_DIR[:STEP]: start this NEW run at step 0 from that run's G, D and G's EMA
+                         # (its latest checkpoint without :STEP); same network flags needed. A run that has
+                         # checkpoints resumes instead
+    init_optimizers: bool = False  # with --init_from: also take both Adam optimizers' state (default: fresh ones)
+    initialized_from: dict = dataclasses.field(default_factory=dict)  # not a flag: the checkpoint --init_from
+                                                                      # started this run from
+
     def __post_init__(self) -> None:
         # config.json files written before `auto` existed hold jit_compile as a bool.
         if isinstance(self.jit_compile, bool):
@@ -126,6 +145,16 @@ class Config:
         if requested != "auto":
             return requested == "true"
         return bool(self.resolved.get("jit_compile", False))
+
+    @property
+    def conv_forms(self) -> dict[str, str] | None:
+        """Each paper conv's form ("onednn" / "matmul") as resolved, or None while unresolved (kernels' size rule).
+
+        `resolved` holds it as "LAYER=FORM,..." (flat values: TensorBoard's HParams take no nested dicts)."""
+        text = self.resolved.get("conv_forms")
+        if text is None:
+            return None
+        return dict(item.split("=", 1) for item in text.split(",") if item)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the config as a plain dict."""
@@ -218,6 +247,10 @@ def validate(config: Config) -> None:
          f"mixed_precision={config.mixed_precision!r} must be auto, none, bfloat16 or float16"),
         (jit_spelling(config.jit_compile) in JIT_VALUES,
          f"jit_compile={config.jit_compile!r} must be auto, true or false"),
+        (config.d_learning_rate >= 0,
+         f"d_learning_rate={config.d_learning_rate} must not be negative (0 = learning_rate, the paper)"),
+        (0 <= config.label_smoothing < 1, f"label_smoothing={config.label_smoothing} must be in [0, 1) (e.g. 0.1)"),
+        (config.r1_gamma >= 0, f"r1_gamma={config.r1_gamma} must not be negative (0 = off)"),
         (0 <= config.g_ema_decay < 1, f"g_ema_decay={config.g_ema_decay} must be in [0, 1) (0 keeps no EMA)"),
         (not config.g_ema or config.g_ema_decay > 0,
          "--g_ema needs an EMA to use: set --g_ema_decay in (0, 1) (e.g. 0.999), or --g_ema=false for the raw G"),

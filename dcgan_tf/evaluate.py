@@ -6,9 +6,11 @@
   python -m dcgan_tf.evaluate train-classifier --dataset=fashion_mnist --image_size=32 \\
       --classifier_path=runs/fmnist_classifier.keras
       A small CNN whose features replace Inception's for small grayscale sets.
-  python -m dcgan_tf.evaluate fid --model_dir=runs/x | --export_dir=exports/dcgan [--extractor=classifier ...]
+  python -m dcgan_tf.evaluate fid --model_dir=runs/x | --export_dir=exports/dcgan | --samples=peer.npy \
+      [--extractor=classifier|resnet --classifier_path=...]
       FID and KID of generated vs real images, with the real-vs-real floor and an untrained generator; for a
-      run, of G's EMA (or --g_ema=false: the raw G), and also of its best-FID checkpoint (model_dir/best).
+      run, of G's EMA (or --g_ema=false: the raw G), and also of its best-FID checkpoint (model_dir/best);
+      --samples scores images made elsewhere (e.g. another implementation's) in the same feature spaces.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from absl import app, flags, logging
 from dcgan_tf import checkpointing, cli
 from dcgan_tf.config import Config, ConfigError, validate_dataset_name
 from dcgan_tf.evaluation import fid as fid_lib
+from dcgan_tf.evaluation import data as data_lib
 from dcgan_tf.evaluation import reports, svm
 from dcgan_tf.export import DEFAULT_BN_SAMPLES
 from dcgan_tf.gan import DCGAN
@@ -43,10 +46,12 @@ class Options:
     model_dir: str | None = None  # Training run to evaluate (config.json + latest checkpoint).
     checkpoint_step: int = 0  # Evaluate the run's checkpoint of this step (ckpt-N); 0 = the latest.
     export_dir: str | None = None  # fid only: a serving export (version folder or base) instead of a run.
+    samples: str | None = None  # fid only: a .npy of images [N,S,S,C] made elsewhere (float in [-1,1] or uint8)
+                                # instead of a run; needs --dataset (and --image_size/--channels of the images).
     dataset: str | None = None  # Real data (default: the run's dataset); labelled for features.
     data_dir: str | None = None  # TFDS data_dir (default: the run's).
-    image_size: int = 32  # train-classifier: image size (use the GAN's).
-    channels: int = 0  # train-classifier: channels, 0 = the dataset's own (use the GAN's).
+    image_size: int = 32  # train-classifier and fid --samples: image size (use the GAN's).
+    channels: int = 0  # train-classifier and fid --samples: channels, 0 = the dataset's own (use the GAN's).
     seed: int = 0  # Seeds the SVM's validation/labelled splits and the generated z.
     baselines: list[str] | None = None  # features: pixels,random_d (default both); fid: real,untrained
                                         # (default both). Empty for none.
@@ -60,7 +65,8 @@ class Options:
     # fid
     num_samples: int = 10_000  # Generated and real images compared (the FID's sample size).
     split: str = "train"  # fid: the split of --dataset the real images come from (e.g. test).
-    extractor: str = "inception"  # Feature space of FID/KID.
+    extractor: str = "inception"  # Feature space of FID/KID: inception, classifier (the project's CNN) or resnet
+                                  # (an independent classifier: other architecture and recipe).
     inception_weights: str = "imagenet"  # 'imagenet' (downloaded by Keras) or the path of InceptionV3's notop
                                          # .h5 weights.
     classifier_path: str = ""  # The .keras classifier (train-classifier writes it, fid reads it).
@@ -72,11 +78,13 @@ class Options:
     bn_samples: int = DEFAULT_BN_SAMPLES  # --model_dir: re-estimate G's BatchNorm from this many z, as the
                                           # export does; 0 = off.
     # train-classifier
+    architecture: str = "cnn"  # train-classifier: cnn (read by --extractor=classifier) or resnet
+                               # (--extractor=resnet).
     epochs: int = 5  # train-classifier: epochs.
     batch_size: int = 128  # train-classifier: batch size.
 
 
-CHOICES = {"extractor": ["inception", "classifier"]}
+CHOICES = {"extractor": list(fid_lib.EXTRACTORS), "architecture": list(fid_lib.ARCHITECTURES)}
 
 
 def with_data(config: Config, dataset: str | None, data_dir: str | None) -> Config:
@@ -91,15 +99,7 @@ def load_model(model_dir: str | None, checkpoint_step: int = 0, g_ema: bool | No
     """The run in `model_dir` at its latest checkpoint, or at `checkpoint_step`; G's EMA or raw G per `g_ema`."""
     if not model_dir:
         raise app.UsageError("pass --model_dir=DIR of a training run")
-    config, gan = checkpointing.load_run(model_dir, g_ema=g_ema)
-    if checkpoint_step:
-        manager = checkpointing.make_manager(gan, model_dir, config.keep_checkpoints)
-        wanted = [p for p in manager.checkpoints if p.endswith(f"ckpt-{checkpoint_step}")]
-        if not wanted:
-            steps = [p.rsplit("-", 1)[-1] for p in manager.checkpoints]
-            raise checkpointing.CheckpointError(f"{model_dir} has no checkpoint of step {checkpoint_step}; it "
-                                                f"has steps {steps}")
-        checkpointing.restore_checkpoint(manager.checkpoint, wanted[0])
+    config, gan = checkpointing.load_run(model_dir, g_ema=g_ema, checkpoint_step=checkpoint_step)
     return config, gan
 
 
@@ -130,11 +130,15 @@ def run_features(opts: Options) -> dict:
 
 
 def run_fid(opts: Options) -> dict:
-    """`fid`: FID/KID of a run's or an export's generator."""
-    if bool(opts.model_dir) == bool(opts.export_dir):
-        raise app.UsageError("pass exactly one of --model_dir (a training run) or --export_dir (a serving export)")
+    """`fid`: FID/KID of a run's or an export's generator, or of a .npy of samples."""
+    if sum(bool(x) for x in (opts.model_dir, opts.export_dir, opts.samples)) != 1:
+        raise app.UsageError("pass exactly one of --model_dir (a training run), --export_dir (a serving export) "
+                             "or --samples (a .npy of images)")
+    if opts.samples and not opts.dataset:
+        raise app.UsageError("--samples needs --dataset (the real images to compare with)")
     extractor = fid_lib.make_extractor(opts.extractor, opts.inception_weights, opts.classifier_path)
     others, best = {}, None
+    baselines = reports.FID_BASELINES if opts.baselines is None else opts.baselines
     if opts.model_dir:
         config, gan = load_model(opts.model_dir, opts.checkpoint_step, opts.g_ema)
         generator = fid_lib.inference_generator(gan.output_generator, config, opts.bn_samples)
@@ -143,17 +147,27 @@ def run_fid(opts: Options) -> dict:
         best = load_best_generator(config, opts.model_dir, opts.bn_samples) if opts.best else None
         if best is not None:
             others["best_step"] = best[1]
-    else:
+    elif opts.export_dir:
         generator, config = fid_lib.load_exported_generator(opts.export_dir)
         source, step = {"export_dir": opts.export_dir, "generator": "ema" if config.g_ema else "raw"}, None
+    else:
+        if "untrained" in baselines and opts.baselines is not None:
+            raise app.UsageError("--samples has no generator architecture for the 'untrained' baseline: pass "
+                                 "--baselines=real or --baselines=")
+        baselines = [b for b in baselines if b != "untrained"]
+        config = Config(dataset=opts.dataset, data_dir=opts.data_dir, image_size=opts.image_size,
+                        channels=opts.channels, seed=opts.seed)
+        validate_dataset_name(config.dataset)
+        real_shape = data_lib.load_real_images(config, 1).shape[1:]
+        generator = fid_lib.load_samples(opts.samples, opts.num_samples, real_shape)
+        source, step = {"samples": opts.samples, "generator": "samples"}, None
     config = with_data(config, opts.dataset, opts.data_dir)
-    baselines = reports.FID_BASELINES if opts.baselines is None else opts.baselines
     report = reports.fid_report(config, generator, extractor, opts.num_samples, baselines, opts.bn_samples,
                                 opts.kid_subsets, opts.seed, split=opts.split, others=others)
     if best is not None:
         report["best_step"] = {**best[0], **report["best_step"]}
     return {"command": "fid", **source, "step": step, "dataset": config.dataset, "extractor": opts.extractor,
-            **({"classifier_path": opts.classifier_path} if opts.extractor == "classifier" else {}),
+            **({"classifier_path": opts.classifier_path} if opts.extractor != "inception" else {}),
             **report}
 
 
@@ -164,7 +178,8 @@ def run_train_classifier(opts: Options) -> dict:
     config = Config(dataset=opts.dataset, data_dir=opts.data_dir, image_size=opts.image_size,
                     channels=opts.channels, seed=opts.seed, verbose=2)
     validate_dataset_name(config.dataset)
-    result = fid_lib.train_classifier(config, opts.classifier_path, opts.epochs, opts.batch_size)
+    result = fid_lib.train_classifier(config, opts.classifier_path, opts.epochs, opts.batch_size,
+                                      architecture=opts.architecture)
     return {"command": "train-classifier", "dataset": config.dataset, **result}
 
 

@@ -10,8 +10,10 @@ Subcommands (each writes OUT.png, a figure, and OUT.npz, the numbers behind it; 
   visualize-d      guided backprop of D's last-layer features, trained D beside random D (Fig. 5)
   neighbors        nearest training images of samples in pixel and D-feature space
   dedup            semantic-hashing autoencoder counting near-duplicates (section 4.1.1)
+  project          z of your own images (--images=a.png,b.png or a folder) by optimisation: project.npz, whose
+                   --z=project.npz interpolate, arithmetic and walk then use
 The model is a training run (--model_dir), a SavedModel export (--export_dir) or a TF Serving server
-(--server=host:port); concept-filters, ablate and visualize-d need --model_dir.
+(--server=host:port); concept-filters, ablate, visualize-d and project need --model_dir.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from absl import app, flags, logging
 from dcgan_tf import checkpointing, cli, input_pipeline
 from dcgan_tf.config import Config, ConfigError
 from dcgan_tf.evaluation.data import load_real_images
-from dcgan_tf.experiments import ablation, dviz, figures, latent, memorization, sources
+from dcgan_tf.experiments import ablation, dviz, figures, latent, memorization, projection, sources
 from dcgan_tf.export import DEFAULT_BN_SAMPLES
 from dcgan_tf.files import atomic_write
 from dcgan_tf.images import to_uint8, write_png
@@ -85,6 +87,15 @@ class Options:
     max_hamming: int = 0  # dedup: codes at most this many bits apart are duplicates (0: equal codes)
     ae_epochs: int = 20  # dedup: training epochs of the hashing autoencoder
     bits: int = memorization.HASH_BITS  # dedup: code length (paper: 128)
+    # project, and the z of projected images in the latent-space commands.
+    images: list[str] | None = None  # project: image files and/or folders of images to find z for
+    starts: int = 4  # project: random starts per image, optimised together; the lowest final loss is kept
+    project_steps: int = 500  # project: Adam steps per start
+    project_lr: float = 0.1  # project: Adam's learning rate on z
+    feature_weight: float = 0.1  # project: weight of the loss on D's conv features (0: pixel loss only)
+    random_z: int = 1000  # project: baseline, the best pixel MSE among this many random z (0: skip)
+    z: str | None = None  # interpolate/arithmetic/walk: a project.npz whose z to use (interpolate: image i to
+                          # i+1; arithmetic/walk: indices are its images, instead of the sheet's)
 
 
 ENUM_FIELDS = {"z_dist": ["uniform", "normal"], "method": ["linear", "spherical"], "penalty": ["l1", "l2"]}
@@ -183,7 +194,9 @@ def write_outputs(opts: Options, subcommand: str, figure: np.ndarray, arrays: di
 
 
 def load_sheet(opts: Options, gen: sources.Generator) -> np.ndarray:
-    """The z [N, nz] of the sheet that exemplar indices refer to."""
+    """The z [N, nz] that exemplar indices refer to: --z's projected images, else the sheet's samples."""
+    if opts.z:
+        return load_projected_z(opts, gen)
     path = opts.sheet or os.path.join(out_dir(opts), "sheet.npz")
     if not os.path.exists(path):
         raise ExploreError(f"no sheet at {path}: run `python -m dcgan_tf.explore sheet` with the same model first, "
@@ -192,6 +205,20 @@ def load_sheet(opts: Options, gen: sources.Generator) -> np.ndarray:
     if z.shape[1] != gen.nz:
         raise ExploreError(f"the sheet {path} has z of size {z.shape[1]} but the model takes {gen.nz}: "
                            "make a sheet with this model")
+    return z
+
+
+def load_projected_z(opts: Options, gen: sources.Generator) -> np.ndarray:
+    """The z [N, nz] of --z=project.npz (written by `project`), checked against the model."""
+    if not os.path.exists(opts.z):
+        raise ExploreError(f"--z={opts.z}: no such file; run `python -m dcgan_tf.explore project --images=...` first")
+    with np.load(opts.z) as data:
+        if "z" not in data:
+            raise ExploreError(f"--z={opts.z} has no 'z' array (it has {sorted(data.keys())}): pass a project.npz")
+        z = np.asarray(data["z"], np.float32)
+    if z.ndim != 2 or z.shape[1] != gen.nz:
+        raise ExploreError(f"--z={opts.z} holds z of shape {list(z.shape)} but the model takes [N, {gen.nz}]: "
+                           "project the images with this model")
     return z
 
 
@@ -219,8 +246,14 @@ def cmd_sheet(opts: Options, gen: sources.Generator) -> dict:
 
 def cmd_interpolate(opts: Options, gen: sources.Generator) -> dict:
     """Walks between random pairs of z."""
-    result = latent.run_interpolate(gen.generate, gen.nz, opts.rows, opts.steps, opts.seed, gen.z_dist,
-                                    opts.method)
+    if opts.z:  # projected images: a walk from each to the next
+        z = load_projected_z(opts, gen)
+        if len(z) < 2:
+            raise ExploreError(f"--z={opts.z} holds {len(z)} z; interpolation needs at least two projected images")
+        result = latent.run_interpolate_between(gen.generate, z[:-1], z[1:], opts.steps, opts.method)
+    else:
+        result = latent.run_interpolate(gen.generate, gen.nz, opts.rows, opts.steps, opts.seed, gen.z_dist,
+                                        opts.method)
     return write_outputs(opts, "interpolate", figures.interpolation_figure(result), result, gen)
 
 
@@ -331,6 +364,28 @@ def cmd_dedup(opts: Options, gen: sources.Generator) -> dict:
                 **{k: result[k].item() for k in keys})
 
 
+def cmd_project(opts: Options, gen: sources.Generator) -> dict:
+    """z of the user's images by optimisation (pixel + D-feature loss, several starts), with a random-z baseline."""
+    generator, discriminator = gen.require_networks("project")
+    if not opts.images:
+        raise ExploreError("project needs --images=a.png,b.png or --images=FOLDER (the images to find z for)")
+    paths = projection.image_paths(list(opts.images))
+    size, channels = int(generator.output_shape[1]), int(generator.output_shape[-1])
+    targets = projection.load_images(paths, size, channels)
+    result = projection.project(generator, discriminator, targets, gen.nz, gen.z_dist, opts.starts,
+                                opts.project_steps, opts.project_lr, opts.feature_weight, opts.seed)
+    if opts.random_z > 0:
+        result.update(projection.random_search(generator, targets, gen.nz, gen.z_dist, opts.random_z, opts.seed))
+    result["names"] = np.array([os.path.basename(p) for p in paths])
+    result["paths"] = np.array(paths)
+    summary = {"images": len(paths), "seconds_per_image": round(float(result["seconds"]) / len(paths), 3),
+               "pixel_mse": [round(float(v), 5) for v in result["pixel_mse"]],
+               "mean_pixel_mse": round(float(result["pixel_mse"].mean()), 5)}
+    if opts.random_z > 0:
+        summary[f"mean_pixel_mse_best_of_{opts.random_z}_random_z"] = round(float(result["random_mse"].mean()), 5)
+    return dict(write_outputs(opts, "project", figures.projection_figure(result), result, gen), **summary)
+
+
 SUBCOMMANDS: dict[str, Callable[[Options, sources.Generator], dict]] = {
     "sheet": cmd_sheet,
     "interpolate": cmd_interpolate,
@@ -341,6 +396,7 @@ SUBCOMMANDS: dict[str, Callable[[Options, sources.Generator], dict]] = {
     "visualize-d": cmd_visualize_d,
     "neighbors": cmd_neighbors,
     "dedup": cmd_dedup,
+    "project": cmd_project,
 }
 
 

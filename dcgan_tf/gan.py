@@ -8,6 +8,8 @@ of G's weights (Yazici et al. 2019, "The Unusual Effectiveness of Averaging in G
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import keras
 import tensorflow as tf
 
@@ -54,13 +56,21 @@ class DCGAN(keras.Model):
         generator_ema: keras.Model | None = None,
         ema_decay: float = 0.999,
         use_ema: bool | None = None,
+        label_smoothing: float = 0.0,
+        r1_gamma: float = 0.0,
         augment: augment_lib.Settings | None = None,
         **kwargs,
     ):
         """`generator_ema`: a second generator of G's architecture that holds the EMA of G's weights (None: no
-        EMA); `use_ema`: whether outputs (`output_generator`: exports, grids, FID) come from it (default: if any);
-        `augment`: the augmentation of D's inputs in train_step (None or mode "none": none, the paper)."""
+        EMA); `use_ema`: whether outputs (`output_generator`: exports, grids, FID) come from it (default: if any).
+        `label_smoothing`: D's target for real images is 1 - it (one-sided); `r1_gamma`: weight of the R1 penalty
+        on real images (`real_logits_and_r1`). Both 0 in the paper. `augment`: the augmentation of D's inputs in
+        train_step (None or mode "none": none, the paper)."""
         super().__init__(**kwargs)
+        if not 0.0 <= label_smoothing < 1.0 or r1_gamma < 0:
+            raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 1) and r1_gamma={r1_gamma} >= 0")
+        self.label_smoothing = label_smoothing
+        self.r1_gamma = r1_gamma
         use_ema = generator_ema is not None if use_ema is None else use_ema
         if use_ema and generator_ema is None:
             raise ValueError("use_ema=True needs a generator_ema (pass one, or use_ema=False for the raw G)")
@@ -153,6 +163,26 @@ class DCGAN(keras.Model):
 
         tf.__internal__.distribute.interim.maybe_merge_call(update_all, tf.distribute.get_strategy(), decay)
 
+    def real_logits_and_r1(self, real: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor | None]:
+        """D's logits of real images, and each image's R1 penalty (r1_gamma / 2) |grad_x D(x)|^2 (None when off).
+
+        R1 (Mescheder et al. 2018, "Which Training Methods for GANs do actually Converge?"): the gradient of D's
+        logit with respect to the real image, penalised on real data only; its gradient with respect to D's
+        weights is a second derivative, so the inner tape runs under the caller's D tape.
+        """
+        if self.r1_gamma <= 0:
+            return self.discriminator(self._augment(real, "real"), training=True), None
+        real = tf.cast(real, tf.float32)
+        with tf.GradientTape() as tape:
+            tape.watch(real)
+            # With augmentation D sees the augmented image and the gradient is taken w.r.t. the un-augmented one,
+            # as StyleGAN2-ADA does (its R1 term runs D through the augment pipe).
+            logits = self.discriminator(self._augment(real, "real"), training=True)
+            total = tf.reduce_sum(tf.cast(logits, tf.float32))
+        grads = tape.gradient(total, real)
+        penalty = 0.5 * self.r1_gamma * tf.reduce_sum(tf.square(grads), axis=list(range(1, len(real.shape))))
+        return logits, penalty
+
     def call(self, z: tf.Tensor, training: bool = False) -> tf.Tensor:
         """Generate images in [-1, 1] from z."""
         return self.generator(z, training=training)
@@ -243,10 +273,13 @@ class DCGAN(keras.Model):
         with tf.GradientTape() as g_tape:
             fake = self.generator(z, training=True)  # one G forward, reused by both updates
             with g_tape.stop_recording(), tf.GradientTape() as d_tape:
-                real_logits = self.discriminator(self._augment(real, "real"), training=True)
+                real_logits, r1_penalty = self.real_logits_and_r1(real)
                 fake_logits = self.discriminator(self._augment(tf.stop_gradient(fake), "fake"), training=True)
-                real_bce, fake_bce = _bce_per_example(real_logits, 1.0), _bce_per_example(fake_logits, 0.0)
+                real_bce = _bce_per_example(real_logits, 1.0 - self.label_smoothing)  # one-sided smoothing
+                fake_bce = _bce_per_example(fake_logits, 0.0)
                 d_loss = average(real_bce) + average(fake_bce)
+                if r1_penalty is not None:
+                    d_loss += average(r1_penalty)
                 scaled_d_loss = self.d_optimizer.scale_loss(d_loss)
             d_grads = d_tape.gradient(scaled_d_loss, self.discriminator.trainable_variables)
             with g_tape.stop_recording():
@@ -280,16 +313,17 @@ def copy_weights(source: keras.Model, target: keras.Model) -> None:
 
 
 def build_gan(config: Config, *, precision: str = "none", sync_batchnorm: bool = False,
-              fast_kernels: bool = True) -> DCGAN:
-    """The DCGAN for `config`, compiled with the paper's Adam (config's lr, beta1, beta2).
+              fast_kernels: bool = True, conv_forms: Mapping[str, str] | None = None) -> DCGAN:
+    """The DCGAN for `config`, compiled with the paper's Adam (config's lr, beta1, beta2; D: d_learning_rate if set).
 
-    `precision`, `sync_batchnorm` and `fast_kernels` say how the networks compute (see models.py); the caller
-    resolves them (train.build_in_scope: from the resolved config and the strategy). The optimizers follow the
+    `precision`, `sync_batchnorm`, `fast_kernels` and `conv_forms` say how the networks compute (see models.py); the
+    caller resolves them (train.build_in_scope: from the resolved config and the strategy). The optimizers follow the
     run's own precision, `config.compute_precision`: under float16 they are wrapped for loss scaling, which the
     checkpoint holds, so a float32 rebuild of a float16 run (checkpointing.load_run) still restores every value.
     """
     keras.utils.set_random_seed(config.seed)  # the same seed gives the same initial weights
-    options = dict(precision=precision, sync_batchnorm=sync_batchnorm, fast_kernels=fast_kernels)
+    options = dict(precision=precision, sync_batchnorm=sync_batchnorm, fast_kernels=fast_kernels,
+                   conv_forms=conv_forms)
     with kernels.precision_policy(precision):
         generator = models.build_generator(config, **options)
         discriminator = models.build_discriminator(config, **options)
@@ -297,10 +331,12 @@ def build_gan(config: Config, *, precision: str = "none", sync_batchnorm: bool =
         generator_ema = (models.build_generator(config, name="generator_ema", **options)
                          if config.g_ema_decay > 0 else None)
         gan = DCGAN(generator, discriminator, config.nz, config.z_dist, config.seed, generator_ema=generator_ema,
-                    ema_decay=config.g_ema_decay, use_ema=config.g_ema, augment=augment_settings(config))
+                    ema_decay=config.g_ema_decay, use_ema=config.g_ema,
+                    label_smoothing=config.label_smoothing, r1_gamma=config.r1_gamma,
+                    augment=augment_settings(config))
         gan.compile(
-            d_optimizer=_adam(config, fast_kernels),
-            g_optimizer=_adam(config, fast_kernels),
+            d_optimizer=_adam(config, fast_kernels, config.d_learning_rate or config.learning_rate),
+            g_optimizer=_adam(config, fast_kernels, config.learning_rate),
             jit_compile=config.use_xla,
         )
     return gan
@@ -312,10 +348,10 @@ def augment_settings(config: Config) -> augment_lib.Settings:
                                 float(config.ada_kimg), config.ada_interval)
 
 
-def _adam(config: Config, fast_kernels: bool) -> keras.optimizers.Optimizer:
-    """Adam (the fused update kernel with fast kernels) with the config's settings, loss-scaled under float16."""
+def _adam(config: Config, fast_kernels: bool, learning_rate: float) -> keras.optimizers.Optimizer:
+    """Adam (the fused update kernel with fast kernels) with the config's betas, loss-scaled under float16."""
     adam = kernels.FusedAdam if fast_kernels else keras.optimizers.Adam
-    optimizer = adam(config.learning_rate, beta_1=config.beta1, beta_2=config.beta2)
+    optimizer = adam(learning_rate, beta_1=config.beta1, beta_2=config.beta2)
     if config.compute_precision == "float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer

@@ -7,8 +7,9 @@ argument, and in the precision named by their `precision` argument:
 
   * `precision_policy`: the one place that sets Keras's global dtype policy (while layers are built);
   * `FusedBatchNorm`: training-mode BatchNorm as TensorFlow's fused kernel;
-  * `Conv2D` / `Conv2DTranspose`: the paper's 4x4 stride-2 convolutions on small maps as matmuls over
-    space-to-depth patches (`conv_by_matmul` / `deconv_by_matmul`, forward and both gradients);
+  * `Conv2D` / `Conv2DTranspose`: the paper's 4x4 stride-2 convolutions as matmuls over space-to-depth
+    patches (`conv_by_matmul` / `deconv_by_matmul`, forward and both gradients) where the layer's form says so
+    (chosen per layer by measurement: conv_forms.py);
   * `FusedAdam`: Keras's Adam with TensorFlow's fused update kernel.
 
 docs/performance.md says what each one gained, measured, and how to measure it again (`python -m dcgan_tf.bench`).
@@ -17,7 +18,7 @@ docs/performance.md says what each one gained, measured, and how to measure it a
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import keras
 import tensorflow as tf
@@ -169,34 +170,53 @@ def _read(variable, dtype: tf.DType) -> tf.Tensor:
 
 @keras.saving.register_keras_serializable(package="dcgan_tf")
 class Conv2D(keras.layers.Conv2D):
-    """keras.layers.Conv2D (same variables, same function) computed by matmuls where its output is small."""
+    """keras.layers.Conv2D (same variables, same function) computed by matmuls where `form` says so.
 
-    def __init__(self, *args, matmul_weight_grad: bool = True, **kwargs):
+    `form`: "matmul" (conv_by_matmul), "onednn" (TensorFlow's conv), or None: matmuls where the output is at most
+    MATMUL_CONV_MAX_SIZE (the size rule, for networks built without a resolved choice; conv_forms.py).
+    """
+
+    def __init__(self, *args, matmul_weight_grad: bool = True, form: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.matmul_weight_grad = matmul_weight_grad  # the name old saved configs carry: "use conv_by_matmul"
+        self.form = form
 
     def get_config(self) -> dict:
-        """Keras config, with the matmul switch."""
-        return {**super().get_config(), "matmul_weight_grad": self.matmul_weight_grad}
+        """Keras config, with the matmul switch and the form."""
+        return {**super().get_config(), "matmul_weight_grad": self.matmul_weight_grad, "form": self.form}
 
     def convolution_op(self, inputs, kernel):
-        """The conv; conv_by_matmul where its output is at most MATMUL_CONV_MAX_SIZE."""
+        """The conv; conv_by_matmul where the form (or the size rule) says so."""
         size = inputs.shape[1]
         if (self.matmul_weight_grad and _is_paper_conv(self) and size is not None and inputs.shape[2] == size
-                and size % 2 == 0 and uses_matmul_conv(size // 2)):
+                and size % 2 == 0 and _wants_matmul(self.form, size // 2)):
             return conv_by_matmul(inputs, _read(kernel, inputs.dtype))
         return super().convolution_op(inputs, kernel)
 
 
+def _wants_matmul(form: str | None, small_side: int) -> bool:
+    """The matmul form for a layer whose form is `form`, or by the size rule where it has none."""
+    return form == "matmul" if form is not None else uses_matmul_conv(small_side)
+
+
 @keras.saving.register_keras_serializable(package="dcgan_tf")
 class Conv2DTranspose(keras.layers.Conv2DTranspose):
-    """keras.layers.Conv2DTranspose (same variables, same function) computed by matmuls where its input is small."""
+    """keras.layers.Conv2DTranspose (same variables, same function) computed by matmuls where `form` says so
+    ("matmul", "onednn", or None: the size rule, as Conv2D)."""
+
+    def __init__(self, *args, form: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.form = form
+
+    def get_config(self) -> dict:
+        """Keras config, with the form."""
+        return {**super().get_config(), "form": self.form}
 
     def call(self, inputs):
-        """The transposed conv (+ bias); deconv_by_matmul where its input is at most MATMUL_CONV_MAX_SIZE."""
+        """The transposed conv (+ bias); deconv_by_matmul where the form (or the size rule) says so."""
         size = inputs.shape[1]
         if (not _is_paper_conv(self) or self.output_padding is not None or inputs.shape[2] != size
-                or not uses_matmul_conv(size)):
+                or size is None or not _wants_matmul(self.form, size)):
             return super().call(inputs)
         outputs = deconv_by_matmul(inputs, _read(self.kernel, inputs.dtype))
         if self.use_bias:
@@ -235,8 +255,13 @@ class FusedAdam(keras.optimizers.Adam):
 class Layers:
     """The layer constructors models.py builds G and D from: Keras's own, or this module's faster subclasses."""
 
-    def __init__(self, fast_kernels: bool):
+    def __init__(self, fast_kernels: bool, conv_forms: Mapping[str, str] | None = None):
         self.fast_kernels = fast_kernels
+        self.conv_forms = conv_forms  # layer name -> "onednn" / "matmul" (conv_forms.py); None: the size rule
+
+    def _form(self, name: str | None) -> str | None:
+        """The form chosen for the layer called `name` (None: the size rule decides)."""
+        return None if self.conv_forms is None else self.conv_forms.get(name, "onednn")
 
     def batchnorm(self, **kwargs) -> keras.layers.BatchNormalization:
         """A BatchNormalization layer (FusedBatchNorm with fast kernels)."""
@@ -252,8 +277,11 @@ class Layers:
         """
         if not self.fast_kernels:
             return keras.layers.Conv2D(*args, **kwargs)
-        return Conv2D(*args, matmul_weight_grad=not follows_input_layer, **kwargs)
+        return Conv2D(*args, matmul_weight_grad=not follows_input_layer, form=self._form(kwargs.get("name")),
+                      **kwargs)
 
     def deconv(self, *args, **kwargs) -> keras.layers.Conv2DTranspose:
         """A Conv2DTranspose layer (this module's Conv2DTranspose with fast kernels)."""
-        return (Conv2DTranspose if self.fast_kernels else keras.layers.Conv2DTranspose)(*args, **kwargs)
+        if not self.fast_kernels:
+            return keras.layers.Conv2DTranspose(*args, **kwargs)
+        return Conv2DTranspose(*args, form=self._form(kwargs.get("name")), **kwargs)

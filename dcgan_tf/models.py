@@ -12,11 +12,14 @@ are for the paper's 64x64 networks (ngf = ndf = 128, 4 doublings); other sizes a
 
 How the networks compute is an argument of each builder, never read from the surroundings: `precision` ("none"
 = float32, "bfloat16", "float16"), `sync_batchnorm` (BatchNorm over the global batch of all replicas) and
-`fast_kernels` (kernels.py's layers, same variables and function as Keras's own). The same arguments build the
-same network wherever it is built.
+`fast_kernels` (kernels.py's layers, same variables and function as Keras's own) and `conv_forms` (layer name ->
+"onednn" / "matmul", chosen by conv_forms.py; None: kernels.py's size rule). The same arguments build the same
+network wherever it is built.
 """
 
 from __future__ import annotations
+
+from typing import Mapping
 
 import keras
 
@@ -53,9 +56,10 @@ def discriminator_widths(config: Config) -> list[int]:
 
 
 def build_generator(config: Config, name: str = "generator", *, precision: str = "none",
-                    sync_batchnorm: bool = False, fast_kernels: bool = True) -> keras.Model:
+                    sync_batchnorm: bool = False, fast_kernels: bool = True,
+                    conv_forms: Mapping[str, str] | None = None) -> keras.Model:
     """G: z [B, nz] -> images [B, S, S, C] in [-1, 1]."""
-    layers = kernels.Layers(fast_kernels)
+    layers = kernels.Layers(fast_kernels, conv_forms)
     widths = generator_widths(config)
     with kernels.precision_policy(precision):
         z = keras.Input(shape=(config.nz,), name="z")  # [B, 100]
@@ -81,9 +85,10 @@ def build_generator(config: Config, name: str = "generator", *, precision: str =
 
 
 def build_discriminator(config: Config, name: str = "discriminator", *, precision: str = "none",
-                        sync_batchnorm: bool = False, fast_kernels: bool = True) -> keras.Model:
+                        sync_batchnorm: bool = False, fast_kernels: bool = True,
+                        conv_forms: Mapping[str, str] | None = None) -> keras.Model:
     """D: images [B, S, S, C] in [-1, 1] -> one logit per image [B, 1] (the sigmoid is in the loss)."""
-    layers = kernels.Layers(fast_kernels)
+    layers = kernels.Layers(fast_kernels, conv_forms)
     with kernels.precision_policy(precision):
         images = keras.Input(shape=(config.image_size, config.image_size, config.channels), name="images")
         x = images  # [B, 64, 64, 3]

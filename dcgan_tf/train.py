@@ -22,7 +22,7 @@ from absl import app, flags, logging
 from dcgan_tf import callbacks as callbacks_lib
 from dcgan_tf import checkpointing, cli, custom_loop, distribute, input_pipeline
 from dcgan_tf import config as config_lib
-from dcgan_tf import export, fast_path
+from dcgan_tf import export, fast_path, finetune
 from dcgan_tf.config import Config, ConfigError
 from dcgan_tf.evaluation.fid import EvaluationError
 from dcgan_tf.gan import DCGAN, build_gan
@@ -130,7 +130,8 @@ def build_in_scope(config: Config, strategy: tf.distribute.Strategy) -> DCGAN:
     """
     with strategy.scope():
         return build_gan(config, precision=config.compute_precision,
-                         sync_batchnorm=config.sync_batchnorm and strategy.num_replicas_in_sync > 1)
+                         sync_batchnorm=config.sync_batchnorm and strategy.num_replicas_in_sync > 1,
+                         conv_forms=config.conv_forms)
 
 
 def train(config: Config) -> DCGAN:
@@ -145,6 +146,7 @@ def train(config: Config) -> DCGAN:
     strategy = distribute.make_strategy(config)
     distribute.check_batch_split(config, strategy)  # settings the strategy rules out: before opening the data
     distribute.check_jit_compile(config, strategy)
+    config = finetune.resolve_init_from(config)  # --init_from: a different network fails here, before the data
     chief = distribute.is_chief(strategy)
     config, source, end = prepare(config, writes_outputs=chief, strategy=strategy)
     gan = build_in_scope(config, strategy)
@@ -192,11 +194,13 @@ def export_final(gan: DCGAN, config: Config, step: int) -> None:
 
 
 def restore(config: Config, gan: DCGAN, manager: tf.train.CheckpointManager, chief: bool) -> int:
-    """Restore the run's newest readable checkpoint (every worker reads model_dir); the step to start from.
+    """Restore the run's newest readable checkpoint (every worker reads model_dir), or for a new --init_from run
+    the other run's networks; the step to start from.
 
     The chief then records the resolved config.
     """
-    checkpointing.restore_latest(manager.checkpoint, manager.directory)
+    if checkpointing.restore_latest(manager.checkpoint, manager.directory) is None and config.initialized_from:
+        finetune.initialize(gan, config)  # a new --init_from run; a run with checkpoints resumed above
     if chief:
         checkpointing.save_config(config)
     return int(gan.step.numpy())

@@ -170,6 +170,45 @@ def sample_seeds(
     return outputs["images"], outputs["z"]
 
 
+def rest_predict(
+    base_url: str,
+    inputs: dict[str, np.ndarray],
+    model: str = DEFAULT_MODEL,
+    signature: str = DEFAULT_SIGNATURE,
+    version: int | None = None,
+    timeout: float = DEFAULT_TIMEOUT_S,
+) -> dict[str, np.ndarray]:
+    """One Predict over TF Serving's REST API (`http://host:port`, columnar "inputs"): named numpy outputs.
+
+    A JSON array loses its dtype, so outputs come back as numpy's reading of the numbers (uint8 images as
+    integers, floats as float64 holding the float32 values exactly); errors become a ClientError with the
+    server's message.
+    """
+    import urllib.error
+    import urllib.request
+
+    path = f"/v1/models/{model}" + (f"/versions/{version}" if version is not None else "") + ":predict"
+    body = json.dumps({"signature_name": signature,
+                       "inputs": {k: np.asarray(v).tolist() for k, v in inputs.items()}}).encode()
+    request = urllib.request.Request(base_url.rstrip("/") + path, data=body,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as reply:
+            outputs = json.load(reply)["outputs"]
+    except urllib.error.HTTPError as e:
+        try:
+            message = json.load(e).get("error", "")
+        except ValueError:
+            message = ""
+        raise ClientError(f"{base_url} answered HTTP {e.code}: {message or e.reason}") from None
+    except (urllib.error.URLError, OSError) as e:
+        raise ClientError(f"cannot reach {base_url} ({getattr(e, 'reason', e)}): is the server running with "
+                          "--rest_port?") from None
+    if not isinstance(outputs, dict):  # a single-output signature answers with the bare value
+        outputs = {"output": outputs}
+    return {k: np.asarray(v) for k, v in outputs.items()}
+
+
 def get_metadata(
     stub: prediction_service_pb2_grpc.PredictionServiceStub,
     model: str = DEFAULT_MODEL,

@@ -24,4 +24,7 @@ def tiny_config(tmp_path) -> Config:
         # float32 and no XLA whatever the machine: tests compare runs (1 vs 2 replicas, resumed vs straight,
         # fit vs the custom loop) to 1e-4, which bfloat16 rounding does not meet; `auto` has its own tests.
         mixed_precision="none", jit_compile="false",
+        # The machine-independent conv forms: no timing, the same kernels on every machine (test_conv_forms.py
+        # tests the timed choice).
+        conv_kernels="size",
     )

@@ -116,3 +116,56 @@ def test_compare_runs_every_variant_in_its_own_process_and_prints_one_line_each(
     assert ours["precision"] == "float32" and ours["fastest_torch_same_precision"] == "torch_eager"
     assert ours["ratio_to_fastest_torch"] == pytest.approx(ours["img_per_s"] / 5.0, rel=0.01)
     assert lines["torch_channels_last_bf16"]["precision"] == "bfloat16"
+
+
+@pytest.mark.parametrize("isa,expected", [
+    ("avx2", {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}),
+    ("AVX512_CORE_AMX", {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX", "ATEN_CPU_CAPABILITY": "avx512"}),
+    ("SSE41", {"ONEDNN_MAX_CPU_ISA": "SSE41", "ATEN_CPU_CAPABILITY": "default"}),
+    (None, {}), ("", {}), ("ALL", {}),
+])
+def test_an_isa_cap_caps_onednn_and_pytorchs_aten_alike(isa, expected):
+    assert bench.isa_environ(isa) == expected
+
+
+def test_onednn_verbose_lines_name_the_kernels_that_ran():
+    output = "\n".join([
+        "onednn_verbose,v1,info,cpu,isa:Intel AVX2",
+        "onednn_verbose,v1,primitive,exec,cpu,convolution,brg_conv_fwd:avx2,forward_training,src:f32,,alg,mb8,1.2",
+        "onednn_verbose,v1,primitive,exec,cpu,convolution,jit:avx2,backward_data,src:f32,,alg,mb8,0.9",
+        "onednn_verbose,v1,primitive,exec,cpu,gemm_api,,undef,src:f32,,,m64n64k64,0.1",
+        "onednn_verbose,exec,cpu,reorder,jit:uni,undef,src:f32,,,8x8,0.01",  # the older format, without v1
+        "onednn_verbose,v1,primitive,create:cache_miss,cpu,convolution,jit:avx512_core,forward,,,,0.1",  # not run
+        "{\"img_per_s\": 1.0}",
+    ])
+    assert bench.onednn_kernels(output) == {"convolution": ["brg_conv_fwd:avx2", "jit:avx2"],
+                                            "gemm_api": ["(unnamed)"], "reorder": ["jit:uni"]}
+
+
+@pytest.mark.slow
+def test_compare_under_an_isa_cap_runs_every_variant_capped(tmp_path):
+    # The peer stand-in reports the cap it was given and prints a oneDNN verbose line when asked for one.
+    peer = tmp_path / "peer.py"
+    peer.write_text("import json, os\n"
+                    "if os.environ.get('ONEDNN_VERBOSE') == '1':\n"
+                    "    print('onednn_verbose,v1,primitive,exec,cpu,convolution,jit:avx2,forward,,,,1.0')\n"
+                    "print(json.dumps({'img_per_s': 5.0, 'isa': os.environ.get('ONEDNN_MAX_CPU_ISA'),"
+                    " 'aten': os.environ.get('ATEN_CPU_CAPABILITY')}))\n")
+    # No inherited cap: the test gives the one it checks.
+    env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA",
+                                                              "ATEN_CPU_CAPABILITY", "ONEDNN_VERBOSE")}
+    out = subprocess.run(
+        [sys.executable, "-m", "dcgan_tf.bench", "compare", "--image_size=16", "--ngf=4", "--ndf=4", "--batch_size=4",
+         "--rounds=1", "--windows=1", "--steps_per_window=1", "--warmup_steps=1", "--matmul=false", "--isa=avx2",
+         "--kernels_check", "--variants=dcgan_tf_default,torch_eager", f"--torch_python={sys.executable}",
+         f"--torch_reference={peer}"], capture_output=True, text=True, env={**env, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        check=True, timeout=300).stdout
+    lines = {line["variant"]: line for line in map(json.loads, filter(None, out.splitlines()))}
+    ours, peer_line = lines["dcgan_tf_default"], lines["torch_eager"]
+    assert ours["isa_environ"] == {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+    # auto honours the cap: float32 even on a CPU with bfloat16 arithmetic (where it used to pick bfloat16).
+    assert ours["precision"] == "float32" and ours["fastest_torch_same_precision"] == "torch_eager"
+    # Every oneDNN kernel the capped TensorFlow step ran is within the cap.
+    ran = [name for names in ours["onednn_kernels"].values() for name in names]
+    assert any("avx2" in name for name in ran) and not any("avx512" in n or "amx" in n for n in ran)
+    assert peer_line["onednn_kernels"] == {"convolution": ["jit:avx2"]}

@@ -67,7 +67,7 @@ def test_every_config_field_is_a_flag_with_its_default_and_its_comment():
     values = flags.FlagValues()
     cli.define_config_flags(flag_values=values)
     values(["program"])
-    assert set(values) == set(cli.CONFIG_FLAGS) == {f.name for f in dataclasses.fields(Config)} - {"resolved"}
+    assert set(values) == set(cli.CONFIG_FLAGS) == {f.name for f in dataclasses.fields(Config)} - {"resolved", "initialized_from"}
     assert cli.config_from_flags(values) == Config()
     assert values["beta1"].help == 'paper: beta1 0.5 (0.9 "resulted in training oscillation and instability")'
     assert all(values[name].help == cli.field_help(Config)[name] for name in cli.CONFIG_FLAGS)

@@ -217,7 +217,8 @@ def test_fid_report_of_a_generator_with_floor_and_untrained_baseline(tiny_config
     report = reports.fid_report(tiny_config, gan.generator, pooled_pixels, num_samples=64, bn_samples=16,
                                 kid_subsets=5)
     for key in ("generated", "real_vs_real", "untrained"):
-        assert set(report[key]) == {"fid", "kid", "kid_std"} and np.isfinite(report[key]["fid"])
+        assert set(report[key]) == {"fid", "kid", "kid_std", "precision", "recall"}
+        assert np.isfinite(report[key]["fid"]) and 0 <= report[key]["recall"] <= 1
     assert report["real_vs_real"]["fid"] < report["untrained"]["fid"]
 
 
@@ -262,6 +263,10 @@ def test_callback_logs_fid_to_tensorboard_during_fit_and_keeps_best(tiny_config,
     logged = read_scalars(log_dir, "fid")
     assert [step for step, _ in logged] == [2, 4]
     np.testing.assert_allclose([v for _, v in logged], [v for _, v in callback.history], rtol=1e-5)
+    for name in ("precision", "recall"):  # coverage next to FID, at the same steps
+        values = read_scalars(log_dir, name)
+        assert [step for step, _ in values] == [2, 4] and all(0 <= v <= 1 for _, v in values)
+    assert read_scalars(log_dir, "recall")[-1][1] == pytest.approx(callback.coverage["recall"])
     best = read_best(best_dir)
     assert best["fid"] == pytest.approx(min(v for _, v in callback.history))
     _, restored = checkpointing.load_run(best_dir)  # best_dir is itself a loadable run
@@ -357,6 +362,8 @@ def test_cli_fid_prints_json(tiny_config, classifier, tmp_path):
     assert printed["step"] == 0 and printed["dataset"] == "synthetic" and printed["num_samples"] == 40
     assert {"generated", "real_vs_real", "untrained"} <= set(printed)
     assert printed["real_vs_real"]["fid"] < printed["untrained"]["fid"]
+    assert {"precision", "recall"} <= set(printed["generated"])
+    assert printed["real_vs_real"]["recall"] > printed["untrained"]["recall"]
 
 
 @pytest.mark.slow
@@ -380,6 +387,43 @@ def test_cli_fid_reports_the_ema_generator_and_the_best_step(tiny_config, classi
     assert np.isfinite(printed["best_step"]["fid"]) and np.isfinite(printed["generated"]["fid"])
     if best["step"] == 4:  # the same weights and z: the same FID
         assert printed["best_step"]["fid"] == pytest.approx(printed["generated"]["fid"], rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Improved precision and recall (Kynkaanniemi et al. 2019) on planted feature distributions.
+
+
+def planted_classes(num: int, classes, seed: int, dims: int = 2, spread: float = 0.3) -> np.ndarray:
+    """`num` feature vectors from well-separated Gaussian clusters, one per class in `classes`.
+
+    Low-dimensional, where k=3 balls cover a fresh sample of the same distribution almost fully (in many
+    dimensions they cover less: there a same-distribution recall is itself below 1)."""
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(1234).normal(0, 5, (10, dims))  # the same 10 class centres every call
+    labels = rng.choice(list(classes), num)
+    return centres[labels] + rng.normal(0, spread, (num, dims))
+
+
+def test_precision_recall_of_a_copy_is_one_and_mode_dropping_halves_recall():
+    real = planted_classes(3000, range(10), seed=0)
+    copy = fid_lib.precision_recall(real, real.copy())
+    assert copy == {"precision": 1.0, "recall": 1.0}
+    dropped = fid_lib.precision_recall(real, planted_classes(3000, range(5), seed=1))  # half the classes
+    assert dropped["recall"] == pytest.approx(0.5, abs=0.05)
+    assert dropped["precision"] > 0.95  # what it draws is realistic: only coverage is lost
+    fresh = fid_lib.precision_recall(real, planted_classes(3000, range(10), seed=2))
+    assert fresh["precision"] > 0.95 and fresh["recall"] > 0.95
+    # Samples off the data (every cluster shifted far away): precision and recall drop to zero.
+    off = fid_lib.precision_recall(real, planted_classes(3000, range(10), seed=3) + 50.0)
+    assert off == {"precision": 0.0, "recall": 0.0}
+
+
+def test_knn_radius_is_the_kth_neighbour_excluding_the_point_itself():
+    points = np.array([[0.0], [1.0], [3.0], [7.0], [15.0]])
+    np.testing.assert_array_equal(fid_lib.knn_radii(points, k=1, batch_size=2), [1.0, 1.0, 4.0, 16.0, 64.0])
+    np.testing.assert_array_equal(fid_lib.knn_radii(points, k=3), [49.0, 36.0, 16.0, 49.0, 196.0])
+    with pytest.raises(ValueError, match="needs more than 3 samples"):
+        fid_lib.precision_recall(points[:3], points)
 
 
 def test_fid_real_images_come_from_the_split_asked_for(tiny_config, classifier, monkeypatch):

@@ -439,3 +439,81 @@ def test_clear_errors(run_dir, tmp_path):
         explore_run("arithmetic", model_dir=run_dir)
     with pytest.raises(sources.SourceError, match="does not exist"):
         explore_run("sheet", export_dir=str(tmp_path / "nothing"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Projection: z of a person's images, then the latent-space commands on them.
+
+
+def test_projection_recovers_planted_images_and_keeps_z_in_its_support(gen):
+    from dcgan_tf.experiments import projection
+
+    generator, discriminator = gen.networks
+    planted = latent.sample_z(6, NZ, seed=11, z_dist="uniform")
+    targets = generator(planted, training=False).numpy()
+    result = projection.project(generator, discriminator, targets, NZ, "uniform", starts=3, steps=150,
+                                learning_rate=0.5, feature_weight=0.1, seed=0)  # a large lr: clipping must hold
+    assert np.abs(result["z"]).max() <= 1.0
+    baseline = projection.random_search(generator, targets, NZ, "uniform", num=200)
+    # Far better than the best of 200 random z, and the best start is the one kept.
+    assert result["pixel_mse"].mean() < 0.25 * baseline["random_mse"].mean()
+    np.testing.assert_array_equal(result["best_start"], np.argmin(result["start_losses"], axis=1))
+    np.testing.assert_allclose(result["losses"], result["start_losses"].min(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(result["reconstructions"], generator(result["z"], training=False).numpy(), atol=1e-6)
+    assert result["curve"].shape == (6, 150) and np.all(result["curve"][:, -1] <= result["curve"][:, 0])
+    # The random search's MSE is the true MSE of the z it keeps.
+    check = np.mean((generator(baseline["random_z"], training=False).numpy() - targets) ** 2, axis=(1, 2, 3))
+    np.testing.assert_allclose(baseline["random_mse"], check, rtol=1e-4, atol=1e-6)
+
+
+def test_project_command_then_interpolate_arithmetic_walk_on_the_projected_z(gan, run_dir, real, tmp_path):
+    from dcgan_tf.images import write_png
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):  # real images at another size (24x24), RGB: decoded like a folder dataset
+        image = np.repeat(to_uint8(real[i]), 3, axis=-1)
+        write_png(str(folder / f"photo{i}.png"), np.kron(image[:12, :12], np.ones((2, 2, 1), np.uint8)))
+    write_png(str(tmp_path / "extra.png"), to_uint8(real[5]))
+    summary = explore_run("project", model_dir=run_dir, images=[str(folder), str(tmp_path / "extra.png")],
+                          starts=2, project_steps=30, random_z=100, out=str(tmp_path / "project"))
+    assert summary["images"] == 4 and summary["seconds_per_image"] > 0
+    assert "mean_pixel_mse_best_of_100_random_z" in summary
+    with np.load(summary["npz"]) as data:
+        assert list(data["names"]) == ["photo0.png", "photo1.png", "photo2.png", "extra.png"]
+        assert data["z"].shape == (4, NZ) and data["losses"].shape == (4,) and np.abs(data["z"]).max() <= 1
+        assert data["targets"].shape == (4, 16, 16, 1)
+        z = data["z"]
+    figure = read_png(summary["png"])
+    assert figure.shape[-1] == 3 and figure.shape[1] > 2 * 16  # target | reconstruction, upscaled
+    npz = summary["npz"]
+    walks = explore_run("interpolate", model_dir=run_dir, z=npz, steps=4, out=str(tmp_path / "i"))
+    with np.load(walks["npz"]) as data:
+        assert data["z"].shape == (3, 4, NZ)  # image i to i+1
+        np.testing.assert_array_equal(data["z"][:, 0], z[:-1])
+        np.testing.assert_array_equal(data["z"][:, -1], z[1:])
+    arithmetic = explore_run("arithmetic", model_dir=run_dir, z=npz, a=[0], b=[1], c=[2], out=str(tmp_path / "a"))
+    with np.load(arithmetic["npz"]) as data:
+        np.testing.assert_allclose(data["y"], z[0] - z[1] + z[2], atol=1e-6)
+    explore_run("walk", model_dir=run_dir, z=npz, from_=[0], to=[3], rows=2, steps=3, out=str(tmp_path / "w"))
+
+
+def test_project_bad_inputs(gan, run_dir, tmp_path):
+    with pytest.raises(explore.ExploreError, match="project needs --images"):
+        explore_run("project", model_dir=run_dir)
+    with pytest.raises(ValueError, match="neither an image file nor a folder"):
+        explore_run("project", model_dir=run_dir, images=[str(tmp_path / "missing.png")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no .jpg/.png"):
+        explore_run("project", model_dir=run_dir, images=[str(tmp_path / "empty")])
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="cannot decode"):
+        explore_run("project", model_dir=run_dir, images=[str(tmp_path / "bad.png")])
+    np.savez(tmp_path / "wrong.npz", z=np.zeros((2, NZ + 1), np.float32))
+    with pytest.raises(explore.ExploreError, match=r"shape \[2, 9\] but the model takes \[N, 8\]"):
+        explore_run("interpolate", model_dir=run_dir, z=str(tmp_path / "wrong.npz"))
+    np.savez(tmp_path / "one.npz", z=np.zeros((1, NZ), np.float32))
+    with pytest.raises(explore.ExploreError, match="at least two projected images"):
+        explore_run("interpolate", model_dir=run_dir, z=str(tmp_path / "one.npz"))
+    with pytest.raises(explore.ExploreError, match="no such file"):
+        explore_run("walk", model_dir=run_dir, z=str(tmp_path / "none.npz"), from_=[0], to=[1])

@@ -19,7 +19,8 @@ from dcgan_tf.gan import build_gan
 
 REAL = np.random.RandomState(0).uniform(-1, 1, (8, 16, 16, 1)).astype("float32")
 Z = np.random.RandomState(1).uniform(-1, 1, (8, 16)).astype("float32")
-CONFIG = Config(image_size=16, channels=1, ngf=8, ndf=8, nz=16, batch_size=8, train_steps=2)
+# conv_kernels="size": no timing of the conv forms here (tests/test_conv_forms.py has those).
+CONFIG = Config(image_size=16, channels=1, ngf=8, ndf=8, nz=16, batch_size=8, train_steps=2, conv_kernels="size")
 
 
 def train_two_steps(config: Config, fast_kernels: bool = True) -> tuple[list[np.ndarray], dict[str, float]]:
@@ -106,6 +107,45 @@ def test_auto_precision_follows_the_hardware(gpus, flags, expected):
     assert choice.value == expected and choice.reason
 
 
+@pytest.mark.parametrize("cap,flags,expected", [
+    ("AVX2", {"avx2", "avx512_bf16", "amx_bf16"}, "none"),  # an AMX Xeon emulating an AVX2 CPU
+    ("AVX512_CORE", {"avx512_bf16", "amx_bf16"}, "none"),
+    ("AVX512_CORE_VNNI", {"avx512_bf16"}, "none"),
+    ("AVX512_CORE_BF16", {"avx512_bf16", "amx_bf16"}, "bfloat16"),  # the dot products, not the tiles
+    ("AVX512_CORE_BF16", {"amx_bf16"}, "none"),  # AMX needs AVX512_CORE_AMX
+    ("AVX512_CORE_AMX", {"amx_bf16"}, "bfloat16"),
+    (None, {"amx_bf16"}, "bfloat16"),
+    ("AVX2", {"avx2"}, "none"),
+])
+def test_auto_precision_honours_the_onednn_isa_cap(cap, flags, expected):
+    choice = fast_path.choose_precision([], flags, cap)
+    assert choice.value == expected
+    if cap and flags & {"avx512_bf16", "amx_bf16"} and expected == "none":
+        assert f"ONEDNN_MAX_CPU_ISA={cap}" in choice.reason
+    assert fast_path.choose_precision([(8, 0)], flags, cap).value == "bfloat16"  # a GPU computes, not oneDNN
+
+
+@pytest.mark.parametrize("environ,cap", [({}, None), ({"ONEDNN_MAX_CPU_ISA": "avx2"}, "AVX2"),
+                                         ({"DNNL_MAX_CPU_ISA": "AVX512_CORE_AMX"}, "AVX512_CORE_AMX"),
+                                         ({"ONEDNN_MAX_CPU_ISA": "AVX2", "DNNL_MAX_CPU_ISA": "ALL"}, "AVX2"),
+                                         ({"ONEDNN_MAX_CPU_ISA": "ALL"}, None), ({"ONEDNN_MAX_CPU_ISA": ""}, None)])
+def test_the_isa_cap_is_read_from_the_given_environment(environ, cap):
+    assert fast_path.onednn_isa_cap(environ) == cap
+
+
+def test_an_unknown_isa_cap_is_a_clear_error():
+    with pytest.raises(ConfigError, match="ONEDNN_MAX_CPU_ISA='AVX3' is not a oneDNN CPU ISA"):
+        fast_path.onednn_isa_cap({"ONEDNN_MAX_CPU_ISA": "AVX3"})
+
+
+def test_resolve_reads_the_isa_cap_from_the_environment_it_is_given(monkeypatch):
+    monkeypatch.setattr(fast_path, "gpu_capabilities", lambda: [])
+    monkeypatch.setattr(fast_path, "cpu_flags", lambda: {"avx2", "avx512_bf16", "amx_bf16"})
+    assert fast_path.resolve(CONFIG, environ={}).compute_precision == "bfloat16"
+    capped = fast_path.resolve(CONFIG, environ={"ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert capped.compute_precision == "none" and "AVX2" in capped.resolved["mixed_precision_reason"]
+
+
 def test_auto_xla_is_off_where_measured_slower_and_never_under_mirrored_cpus():
     assert fast_path.choose_jit([], mirrored_over_cpus=False).value == "false"
     assert "MirroredStrategy over logical CPU devices" in fast_path.choose_jit([], mirrored_over_cpus=True).reason
@@ -144,11 +184,13 @@ def test_explicit_xla_under_mirrored_cpus_is_a_clear_error():
         fast_path.resolve(CONFIG.replace(jit_compile="true"), strategy)
 
 
-def test_train_logs_and_records_the_request_and_the_choice(tmp_path, caplog):
+def test_train_logs_and_records_the_request_and_the_choice(tmp_path, caplog, monkeypatch):
     from dcgan_tf import train
 
     config = CONFIG.replace(dataset="synthetic", train_steps=1, log_every=1, sample_every=1, checkpoint_every=1,
                             num_samples=4, model_dir=str(tmp_path / "run"), verbose=0)
+    for name in fast_path.ISA_ENV_VARS:  # no inherited oneDNN cap: the choice is the hardware's
+        monkeypatch.delenv(name, raising=False)
     # The absl logger's own level too: an earlier test in the same process may have raised it.
     with caplog.at_level("INFO"), caplog.at_level("INFO", logger="absl"):
         train.train(config)

@@ -18,7 +18,7 @@ from dcgan_tf import callbacks as callbacks_lib
 from dcgan_tf import checkpointing
 from dcgan_tf.config import Config
 from dcgan_tf.evaluation.fid import (Extractor, as_unit_range, fid_from_features, generate_images,
-                                     inference_generator)
+                                     inference_generator, precision_recall)
 from dcgan_tf.evaluation.reports import write_json
 from dcgan_tf.export import DEFAULT_BN_SAMPLES
 from dcgan_tf.gan import DCGAN
@@ -78,6 +78,7 @@ class FIDCallback(callbacks_lib.StepCallback):
         self.bn_samples = bn_samples
         self.best = read_best(best_dir) if best_dir else None  # survives a resumed run
         self.history: list[tuple[int, float]] = []
+        self.coverage: dict[str, float] | None = None  # precision and recall of the last compute_fid()
         self._real = real
         self._real_features: np.ndarray | None = None
         self._writer = None
@@ -106,18 +107,25 @@ class FIDCallback(callbacks_lib.StepCallback):
         gan = self.model
         generator = inference_generator(gan.output_generator, self.config, self.bn_samples)
         fake = generate_images(generator, self.num_samples, gan.latent_dim, gan.z_dist, self.z_seed)
-        return fid_from_features(self._real_features, self.extractor(fake))
+        fake_features = self.extractor(fake)
+        self.coverage = precision_recall(self._real_features, fake_features)  # logged by evaluate() next to FID
+        return fid_from_features(self._real_features, fake_features)
 
     def evaluate(self, step: int) -> float:
         """Compute FID at `step`, log it as the scalar "fid", keep the checkpoint if it is the best so far."""
+        self.coverage = None
         fid = self.compute_fid()
         self._last_eval_step = step
         self.history.append((step, fid))
         with self._writer.as_default():
             tf.summary.scalar("fid", fid, step=step)
+            for name, value in (self.coverage or {}).items():  # "precision", "recall"
+                tf.summary.scalar(name, value, step=step)
         self._writer.flush()
         is_best = self.best is None or fid < self.best["fid"]
-        logging.info("step %d: FID %.3f of the %s generator on %d samples%s", step, fid,
+        coverage = (f", precision {self.coverage['precision']:.3f}, recall {self.coverage['recall']:.3f}"
+                    if self.coverage else "")
+        logging.info("step %d: FID %.3f%s of the %s generator on %d samples%s", step, fid, coverage,
                      self.model.output_generator_name, self.num_samples, " (best)" if is_best else "")
         if self.best_dir and is_best:
             self._save_best(step, fid)

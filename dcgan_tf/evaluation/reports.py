@@ -87,7 +87,7 @@ def feature_svm_report(config: Config, discriminator: keras.Model, labels_per_cl
     }
 
 
-def fid_report(config: Config, generator: Callable, extractor: fid_lib.Extractor, num_samples: int = 10_000,
+def fid_report(config: Config, generator: Callable | np.ndarray, extractor: fid_lib.Extractor, num_samples: int = 10_000,
                baselines: Sequence[str] = FID_BASELINES, bn_samples: int = 0, kid_subsets: int = fid_lib.KID_SUBSETS,
                seed: int = 0, split: str = "train", others: dict[str, Callable] | None = None) -> dict:
     """FID/KID of `generator` (z -> [-1, 1] images) vs num_samples real images; optional floor and untrained G.
@@ -95,6 +95,7 @@ def fid_report(config: Config, generator: Callable, extractor: fid_lib.Extractor
     Baselines: "real" compares num_samples other real images of the same split (the floor a perfect generator
     would reach with this many samples); "untrained" a generator of the same architecture at initialisation.
     `others`: more generators compared with the same real images and z, reported under their names.
+    `generator` may also be an array of num_samples images in [-1, 1] made elsewhere (fid.load_samples).
     """
     _check_baselines(baselines, FID_BASELINES)
     start = time.time()
@@ -103,9 +104,14 @@ def fid_report(config: Config, generator: Callable, extractor: fid_lib.Extractor
     reference = extractor(real[:num_samples])
 
     def against_reference(images: np.ndarray) -> dict:
-        return fid_lib.compare_features(reference, extractor(images), kid_subsets, seed)
+        scores = fid_lib.compare_features(reference, extractor(images), kid_subsets, seed)
+        if hasattr(extractor, "class_fractions"):  # a classifier also says which classes the images cover
+            scores["class_fractions"] = extractor.class_fractions(images)
+        return scores
 
-    def generated_by(g: Callable) -> np.ndarray:
+    def generated_by(g: Callable | np.ndarray) -> np.ndarray:
+        if isinstance(g, np.ndarray):
+            return g[:num_samples]
         return fid_lib.generate_images(g, num_samples, config.nz, config.z_dist, seed)
 
     report = {"num_samples": num_samples, "split": split, "generated": against_reference(generated_by(generator))}

@@ -202,6 +202,13 @@ def walk_figure(result: dict[str, np.ndarray]) -> np.ndarray:
     return caption(_rows(result["images"]), title)
 
 
+def projection_figure(result: dict[str, np.ndarray]) -> np.ndarray:
+    """One row per projected image: the target, then G(z) of its z, labelled with its index and pixel MSE."""
+    pairs = np.stack([result["targets"], result["reconstructions"]], axis=1)
+    labels = [[str(i), f"{float(mse):.3f}"] for i, mse in enumerate(result["pixel_mse"])]
+    return caption(_rows(pairs, labels), "TARGET  G(Z)")
+
+
 def concept_figure(result: dict[str, np.ndarray], num: int = 8) -> np.ndarray:
     """Samples with their masks tinted, and the regression's P(concept) at each position of the split layer."""
     images = prepare(result["images"][:num])

@@ -97,7 +97,14 @@ def run_interpolate(generate: GenerateFn, nz: int, rows: int, steps: int, seed: 
                     method: str = "linear") -> dict[str, np.ndarray]:
     """`rows` walks of `steps` points between random pairs of z (Fig. 4); z [rows, steps, nz]."""
     ends = sample_z(2 * rows, nz, seed, z_dist, STREAM_INTERPOLATE)
-    z = np.stack([interpolate(ends[2 * r], ends[2 * r + 1], steps, method) for r in range(rows)])
+    return run_interpolate_between(generate, ends[0::2], ends[1::2], steps, method)
+
+
+def run_interpolate_between(generate: GenerateFn, starts: np.ndarray, ends: np.ndarray, steps: int,
+                            method: str = "linear") -> dict[str, np.ndarray]:
+    """One walk of `steps` points per row from starts[r] to ends[r] (e.g. projected images); z [rows, steps, nz]."""
+    rows, nz = starts.shape
+    z = np.stack([interpolate(starts[r], ends[r], steps, method) for r in range(rows)])
     images = generate(z.reshape(rows * steps, nz))
     return {"z": z, "images": images.reshape((rows, steps) + images.shape[1:]), "method": np.str_(method)}
 
