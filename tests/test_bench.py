@@ -54,7 +54,8 @@ def test_input_benchmark_measures_the_real_pipeline():
 def test_layers_benchmark_times_both_implementations_of_every_conv_layer():
     """One line per (layer, implementation): D's convs and G's transposed convs, oneDNN and matmul, the model's
     choice marked once per layer (matmul only where the small side is 4x4)."""
-    lines = list(bench.bench_layers(TINY.replace(ngf=4, ndf=6, mixed_precision="none"), windows=1, repeats=1))
+    lines = list(bench.bench_layers(TINY.replace(ngf=4, ndf=6, mixed_precision="none", conv_kernels="size"),
+                                    windows=1, repeats=1))
     layers = [(line["layer"], line["implementation"]) for line in lines]
     # 16x16 images: D 16->8 (1->6), 8->4 (6->12); G 4->8 (8->4), 8->16 (4->1).
     assert layers == [(name, impl) for name in ("conv 16x16<->8x8 1->6", "conv 8x8<->4x4 6->12",
