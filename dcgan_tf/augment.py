@@ -8,15 +8,16 @@ run inside train_step.
 - `diffaugment` (Zhao et al. 2020, "Differentiable Augmentation for Data-Efficient GAN Training",
   mit-han-lab/data-efficient-gans DiffAugment_tf.py): every op of the policy on every image. The ops and their
   ranges are the reference's: `color` = brightness + U[-0.5, 0.5), saturation x U[0, 2), contrast x U[0.5, 1.5);
-  `translation` = an integer shift of up to 1/8 of the side in x and y, zero fill; `cutout` = one zeroed square
-  of half the side at a random centre.
+  `translation` = an integer shift of up to side // 8 in x and y, zero fill; `cutout` = one zeroed square
+  of side // 2 at a random centre (the reference's scatter of a clipped square, as a mask).
 - `ada` (Karras et al. 2020, "Training Generative Adversarial Networks with Limited Data", NVlabs/stylegan2-ada
   training/training_loop.py): the same ops, each applied to each image with probability p (independently per op
   and image, as ADA's pipeline does per transformation), and p adjusted during training from the overfitting
   heuristic r_t = E[sign(D(x_real))] over the last `ada_interval` steps: every `ada_interval` steps
   p <- clip(p + sign(r_t - ada_target) * images / (ada_kimg * 1000), 0, 1), images = the global batches seen
-  since the last adjustment, so p can go from 0 to 1 in ada_kimg thousand images. Only the op set differs
-  from ADA's (its 'bgc' pipeline: flips, 90-degree rotations, translation, scaling, rotation, colour).
+  since the last adjustment, so p can go from 0 to 1 in ada_kimg thousand images. What differs from ADA: the
+  op set (its 'bgc' pipeline: flips, 90-degree rotations, translation, scaling, rotation, colour), and p is
+  also capped at 1 (ADA only floors it at 0; any p >= 1 applies every op alike).
 
 Randomness is stateless: a [2] seed from (run seed, step, which D input) seeds every draw, drawn for the global
 batch and sliced per replica, so a resumed run continues exactly and 1 and 2 replicas augment the same images
@@ -30,8 +31,8 @@ import dataclasses
 import tensorflow as tf
 
 OPS = ("color", "translation", "cutout")
-TRANSLATION_RATIO = 0.125  # DiffAugment's rand_translation: shift by up to 1/8 of the side
-CUTOUT_RATIO = 0.5  # DiffAugment's rand_cutout: a square of half the side
+TRANSLATION_DIVISOR = 8  # DiffAugment's rand_translation: shift by up to side // 8
+CUTOUT_DIVISOR = 2  # DiffAugment's rand_cutout: a square of side // 2
 # Datasets smaller than this with --augment=none get a warning at the start of training.
 SMALL_DATASET = 10_000
 
@@ -120,18 +121,18 @@ def _shift_axis(x: tf.Tensor, shift: tf.Tensor, axis: int) -> tf.Tensor:
 
 
 def _translation(x: tf.Tensor, draw, stream: int, hit: tf.Tensor) -> tf.Tensor:
-    """DiffAugment's rand_translation: integer shifts in [-s, s] per axis, s = ratio x side, zero fill."""
+    """DiffAugment's rand_translation: integer shifts in [-s, s] per axis, s = side // 8, zero fill."""
     height, width = x.shape[1], x.shape[2]
-    shift_h, shift_w = int(height * TRANSLATION_RATIO + 0.5), int(width * TRANSLATION_RATIO + 0.5)
+    shift_h, shift_w = height // TRANSLATION_DIVISOR, width // TRANSLATION_DIVISOR
     dy = draw(stream, [], minval=-shift_h, maxval=shift_h + 1, dtype=tf.int32) * hit
     dx = draw(stream + 1, [], minval=-shift_w, maxval=shift_w + 1, dtype=tf.int32) * hit
     return _shift_axis(_shift_axis(x, dy, 1), dx, 2)
 
 
 def _cutout(x: tf.Tensor, draw, stream: int, hit: tf.Tensor) -> tf.Tensor:
-    """DiffAugment's rand_cutout: zero a square of ratio x side around a random centre (clipped at the border)."""
+    """DiffAugment's rand_cutout: zero a square of side // 2 around a random centre (clipped at the border)."""
     height, width = x.shape[1], x.shape[2]
-    size_h, size_w = int(height * CUTOUT_RATIO + 0.5), int(width * CUTOUT_RATIO + 0.5)
+    size_h, size_w = height // CUTOUT_DIVISOR, width // CUTOUT_DIVISOR
     # The reference's centre range: [0, side + (1 - size % 2)).
     cy = draw(stream, [], minval=0, maxval=height + 1 - size_h % 2, dtype=tf.int32)
     cx = draw(stream + 1, [], minval=0, maxval=width + 1 - size_w % 2, dtype=tf.int32)

@@ -44,7 +44,7 @@ from absl import app, flags, logging
 
 from dcgan_tf import cli
 from dcgan_tf import flops as flops_lib
-from dcgan_tf import input_pipeline, kernels, models
+from dcgan_tf import conv_forms, input_pipeline
 from dcgan_tf.config import Config, validate
 from dcgan_tf.gan import build_gan
 from dcgan_tf.models import build_discriminator, build_generator
@@ -70,6 +70,7 @@ def machine() -> dict[str, Any]:
     return {"cpu": cpu, "cores": os.cpu_count(), "gpus": gpus, "load_1min": round(os.getloadavg()[0], 2),
             "tensorflow": tf.__version__, "keras": keras.__version__,
             "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
+            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "none"),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
@@ -95,7 +96,7 @@ def _resolved(config: Config) -> Config:
 
 def matmul_dtype(config: Config) -> tf.DType:
     """The dtype whose matmul rate the step's FLOP rate is compared with (its compute precision)."""
-    return tf.as_dtype(keras.DTypePolicy(kernels.KERAS_POLICIES[config.compute_precision]).compute_dtype)
+    return conv_forms.compute_dtype(config.compute_precision)
 
 
 def _channels(config: Config) -> Config:
@@ -358,62 +359,24 @@ def bench_flops(config: Config, matmul_gflops: float | None = None) -> dict[str,
     return result
 
 
-def _layer_shapes(config: Config) -> list[tuple[str, int, int, int]]:
-    """(kind, input size, input channels, output channels) of each of D's convs and G's transposed convs."""
-    channels = config.channels or 3
-    d_in = [channels, *models.discriminator_widths(config)[:-1]]
-    convs = [("conv", config.image_size // 2**i, c_in, c_out)
-             for i, (c_in, c_out) in enumerate(zip(d_in, models.discriminator_widths(config)))]
-    g_out = [*models.generator_widths(config)[1:], channels]
-    deconvs = [("deconv", 4 * 2**i, c_in, c_out)
-               for i, (c_in, c_out) in enumerate(zip(models.generator_widths(config), g_out))]
-    return convs + deconvs
-
-
-def _conv_pass(op: Callable, inputs: tf.Tensor, kernel: tf.Tensor, out_grad: tf.Tensor) -> Callable:
-    """A tf.function running op's forward pass, input gradient and kernel gradient once."""
-    @tf.function
-    def run():
-        with tf.GradientTape() as tape:
-            tape.watch([inputs, kernel])
-            loss = tf.reduce_sum(tf.cast(op(inputs, kernel), tf.float32) * out_grad)
-        return tape.gradient(loss, [inputs, kernel])
-    return run
-
-
-def _native_deconv(inputs: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
-    """TensorFlow's (oneDNN's) 4x4 stride-2 'same' transposed conv, output twice the input's size."""
-    batch, size = tf.shape(inputs)[0], inputs.shape[1]
-    return tf.nn.conv2d_transpose(inputs, kernel, [batch, 2 * size, 2 * size, kernel.shape[2]], 2, "SAME")
-
-
 def bench_layers(config: Config, windows: int = 3, repeats: int = 5) -> Iterator[dict[str, Any]]:
     """Each paper conv layer's forward + input gradient + kernel gradient, by TensorFlow's conv kernels and by
     kernels.conv_by_matmul / deconv_by_matmul, in the step's precision: which the model uses where, and why."""
     config = _resolved(config)
     dtype, batch = matmul_dtype(config), config.batch_size
-    implementations = {"conv": {"onednn": lambda x, k: tf.nn.conv2d(x, k, 2, "SAME"),
-                                "matmul": kernels.conv_by_matmul},
-                       "deconv": {"onednn": _native_deconv, "matmul": kernels.deconv_by_matmul}}
-    for kind, size, c_in, c_out in _layer_shapes(config):
-        small = size // 2 if kind == "conv" else size
-        large = 2 * small
-        # conv: [B, large, large, c_in] -> [B, small, small, c_out]; deconv: [B, small, ..., c_in] -> large, c_out.
-        in_shape = [batch, large, large, c_in] if kind == "conv" else [batch, small, small, c_in]
-        out_shape = [batch, small, small, c_out] if kind == "conv" else [batch, large, large, c_out]
-        kernel_shape = [4, 4, c_in, c_out] if kind == "conv" else [4, 4, c_out, c_in]
-        inputs = tf.cast(tf.random.stateless_normal(in_shape, [config.seed, 1]), dtype)
-        kernel = tf.cast(tf.random.stateless_normal(kernel_shape, [config.seed, 2]) * 0.02, dtype)
-        out_grad = tf.random.stateless_normal(out_shape, [config.seed, 3])
-        gflop = 3 * 2 * batch * small * small * 16 * c_in * c_out / 1e9  # forward, input and kernel gradients
-        for name, op in implementations[kind].items():
-            run = _conv_pass(op, inputs, kernel, out_grad)
+    layers = conv_forms.paper_convs(config)
+    used = config.conv_forms or conv_forms.size_rule(layers)
+    for layer in layers:
+        small, large = layer.small, 2 * layer.small
+        gflop = 3 * 2 * batch * small * small * 16 * layer.c_in * layer.c_out / 1e9  # forward and both gradients
+        for name, op in conv_forms.IMPLEMENTATIONS[layer.kind].items():
+            run = conv_forms.layer_pass(op, layer, batch, dtype, seed=config.seed)
             walls, _ = timed_windows(lambda: [g.numpy() for g in [run() for _ in range(repeats)][-1]], windows)
             seconds = float(np.median(walls)) / repeats
-            yield {"bench": "layers", **_settings(config), "layer": f"{kind} {large}x{large}<->{small}x{small} "
-                   f"{c_in}->{c_out}", "implementation": name, "gflop": float(f"{gflop:.6g}"),
-                   "ms": round(seconds * 1e3, 2), "gflop_per_s": round(gflop / seconds, 1),
-                   "used_by_model": (name == "matmul") == kernels.uses_matmul_conv(small)}
+            yield {"bench": "layers", **_settings(config), "layer": f"{layer.kind} {large}x{large}<->{small}x{small} "
+                   f"{layer.c_in}->{layer.c_out}", "name": layer.name, "implementation": name,
+                   "gflop": float(f"{gflop:.6g}"), "ms": round(seconds * 1e3, 2),
+                   "gflop_per_s": round(gflop / seconds, 1), "used_by_model": used.get(layer.name) == name}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -422,7 +385,9 @@ def bench_layers(config: Config, windows: int = 3, repeats: int = 5) -> Iterator
 # name -> (mixed_precision, jit_compile) for dcgan_tf, or (channels_last, bf16) for the PyTorch peer.
 TF_VARIANTS = {"dcgan_tf_default": ("auto", "auto"), "dcgan_tf_float32": ("none", "false"),
                "dcgan_tf_bfloat16": ("bfloat16", "false"), "dcgan_tf_xla_float32": ("none", "true"),
-               "dcgan_tf_xla_bfloat16": ("bfloat16", "true")}
+               "dcgan_tf_xla_bfloat16": ("bfloat16", "true"), "dcgan_tf_size_rule": ("auto", "auto")}
+# dcgan_tf variants with a --conv_kernels other than auto: the fixed size rule, to show what the timed choice gains.
+TF_CONV_KERNELS = {"dcgan_tf_size_rule": "size"}
 TORCH_VARIANTS = {"torch_eager": (False, False), "torch_channels_last": (True, False),
                   "torch_bf16": (False, True), "torch_channels_last_bf16": (True, True)}
 VARIANTS = (*TF_VARIANTS, *TORCH_VARIANTS)
@@ -436,7 +401,8 @@ def _tf_command(config: Config, variant: str, windows: int, steps_per_window: in
             f"--channels={config.channels or 3}", f"--ngf={config.ngf}", f"--ndf={config.ndf}", f"--nz={config.nz}",
             f"--batch_size={config.batch_size}", f"--mixed_precision={precision}", f"--jit_compile={jit}",
             f"--windows={windows}", f"--steps_per_window={steps_per_window}", f"--warmup_steps={warmup_steps}",
-            f"--matmul={str(matmul).lower()}"]
+            f"--matmul={str(matmul).lower()}", f"--conv_kernels={TF_CONV_KERNELS.get(variant, config.conv_kernels)}",
+            f"--kernel_cache_dir={config.kernel_cache_dir}"]
 
 
 def _torch_command(config: Config, variant: str, torch_python: str, reference: str, steps: int) -> list[str]:

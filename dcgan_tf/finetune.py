@@ -79,7 +79,11 @@ def resolve_init_from(config: Config) -> Config:
         saved = checkpointing.read_run_config(config.model_dir)
         logging.info("%s already has checkpoints: resuming it (--init_from=%s is where it started).",
                      config.model_dir, config.init_from)
-        return config.replace(initialized_from=saved.initialized_from if saved is not None else {})
+        if saved is None:
+            return config
+        # --channels=0 took the other run's channels when this run started: the same command must resume with them.
+        channels = saved.channels if config.channels == 0 else config.channels
+        return config.replace(initialized_from=saved.initialized_from, channels=channels)
     origin = checkpointing.read_run_config(origin_dir)
     if origin is None:
         raise checkpointing.CheckpointError(

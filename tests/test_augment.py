@@ -116,6 +116,15 @@ def test_every_precision_keeps_the_dtype():
         assert y.dtype == dtype and bool(tf.reduce_all(tf.math.is_finite(tf.cast(y, tf.float32))))
 
 
+@pytest.mark.parametrize("speed", [dict(mixed_precision="bfloat16"), dict(mixed_precision="float16"),
+                                   dict(jit_compile="true")])
+def test_ada_trains_in_every_precision_and_under_xla(tiny_config, speed):
+    gan = train.train(tiny_config.replace(augment="ada", ada_kimg=1, ada_interval=2, train_steps=2, **speed))
+    # One adjustment at step 2, by +-8 x 2 / 1000 from 0 (clipped at 0).
+    assert float(gan.augment_p.numpy()) in (0.0, pytest.approx(0.016))
+    assert all(np.isfinite(w).all() for w in weights_of(gan))
+
+
 AUGMENTED = dict(augment="ada", ada_kimg=1, ada_interval=3, mirror=True)  # p moves 8 x 3 / 1000 per adjustment
 
 

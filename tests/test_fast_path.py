@@ -296,3 +296,15 @@ def test_fused_adam_makes_keras_adams_update(replicas):
         for variable in (*weights, *optimizer._momentums, *optimizer._velocities):
             copies = variable.value.values
             np.testing.assert_array_equal(np.asarray(copies[1]), np.asarray(copies[0]))
+
+
+def test_gpu_decisions_follow_the_faked_device_list_whatever_the_isa_cap(monkeypatch):
+    """The GPU-only choices (float16 below compute capability 8.0, XLA off) are unmeasured: they rest on this
+    faked device list, never on the machine the test runs on."""
+    monkeypatch.setattr(fast_path, "cpu_flags", lambda: {"avx512_bf16", "amx_bf16"})
+    monkeypatch.setattr(fast_path, "gpu_capabilities", lambda: [(7, 5)])
+    old_gpu = fast_path.resolve(CONFIG, environ={"ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert old_gpu.compute_precision == "float16" and not old_gpu.use_xla
+    assert "not measured on GPUs" in old_gpu.resolved["jit_compile_reason"]
+    monkeypatch.setattr(fast_path, "gpu_capabilities", lambda: [(9, 0)])
+    assert fast_path.resolve(CONFIG, environ={"ONEDNN_MAX_CPU_ISA": "AVX2"}).compute_precision == "bfloat16"

@@ -55,7 +55,11 @@ def test_init_optimizers_and_a_named_step(tiny_config, origin):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
-def test_new_run_starts_at_step_zero_records_its_origin_and_resumes(tiny_config, origin, monkeypatch):
+def test_new_run_starts_at_step_zero_records_its_origin_and_resumes(tiny_config, monkeypatch):
+    # A gray origin: the new run's --channels=0 (the synthetic set's own would be 3) takes its 1 channel, and the
+    # same command must resume with it too.
+    origin = tiny_config.replace(channels=1, model_dir=tiny_config.model_dir + "_gray")
+    train(origin)
     calls = []
     real_initialize = finetune.initialize
     monkeypatch.setattr(finetune, "initialize", lambda gan, config: (calls.append(1), real_initialize(gan, config)))
@@ -67,7 +71,7 @@ def test_new_run_starts_at_step_zero_records_its_origin_and_resumes(tiny_config,
     assert steps == [2]  # the new run's own steps, from 0
     with open(os.path.join(config.model_dir, "config.json")) as f:
         saved = json.load(f)
-    assert saved["init_from"] == origin.model_dir and saved["channels"] == origin.channels
+    assert saved["init_from"] == origin.model_dir and saved["channels"] == 1
     assert saved["initialized_from"]["model_dir"] == os.path.abspath(origin.model_dir)
     assert saved["initialized_from"]["step"] == 4
     # The same command with more steps resumes the new run at step 2: no second initialisation.

@@ -202,11 +202,15 @@ def walk_figure(result: dict[str, np.ndarray]) -> np.ndarray:
     return caption(_rows(result["images"]), title)
 
 
-def projection_figure(result: dict[str, np.ndarray]) -> np.ndarray:
-    """One row per projected image: the target, then G(z) of its z, labelled with its index and pixel MSE."""
-    pairs = np.stack([result["targets"], result["reconstructions"]], axis=1)
-    labels = [[str(i), f"{float(mse):.3f}"] for i, mse in enumerate(result["pixel_mse"])]
-    return caption(_rows(pairs, labels), "TARGET  G(Z)")
+def projection_figure(result: dict[str, np.ndarray], pairs_per_row: int = 5) -> np.ndarray:
+    """Pairs of cells, the target then G(z) of its z, labelled with the image's index and the pixel MSE."""
+    targets, reconstructions = prepare(result["targets"]), prepare(result["reconstructions"])
+    targets = label_cells(targets, [str(i) for i in range(len(targets))])
+    reconstructions = label_cells(reconstructions, [f"{float(mse):.3f}" for mse in result["pixel_mse"]])
+    per_row = min(pairs_per_row, len(targets))
+    pairs = [grid(np.stack([t, r]), cols=2) for t, r in zip(targets, reconstructions)]
+    rows = [hstack(pairs[i:i + per_row], gap=6) for i in range(0, len(pairs), per_row)]
+    return caption(vstack(rows), "TARGET, G(Z) AND ITS PIXEL MSE")
 
 
 def concept_figure(result: dict[str, np.ndarray], num: int = 8) -> np.ndarray:
