@@ -57,7 +57,7 @@ def test_ema_update_rule_on_known_weights(step):
 
 
 def test_ema_tracks_g_after_every_train_step():
-    gan = build_gan(SMALL)
+    gan = build_gan(SMALL.replace(g_ema=True))
     expected = values(gan.generator.weights)  # the EMA starts at G's initial weights
 
     class Follow(keras.callbacks.Callback):
@@ -75,17 +75,26 @@ def test_ema_tracks_g_after_every_train_step():
     assert gan.generator_ema.trainable_weights == []  # only update_ema writes it
 
 
+def test_the_raw_g_is_the_default_and_the_ema_is_still_kept_to_compare():
+    # Issue 23: the EMA was better in the project's classifier but not in an independent one, so outputs use the
+    # paper's raw G unless --g_ema=true; the EMA is still trained, so evaluate --g_ema=true can score it.
+    assert Config().g_ema is False and Config().g_ema_decay > 0
+    gan = build_gan(SMALL.replace(g_ema=Config().g_ema))
+    assert gan.output_generator is gan.generator and gan.generator_ema is not None
+
+
 def test_raw_g_option_and_bad_decays():
     gan = build_gan(SMALL.replace(g_ema=False))
     assert gan.output_generator is gan.generator and gan.output_generator_name == "raw"
     assert build_gan(SMALL.replace(g_ema=False, g_ema_decay=0.0)).generator_ema is None
     with pytest.raises(ConfigError, match="g_ema_decay"):
-        train.train(SMALL.replace(g_ema_decay=0.0))
+        train.train(SMALL.replace(g_ema=True, g_ema_decay=0.0))  # the EMA asked for, none kept
     with pytest.raises(ConfigError, match="g_ema_decay"):
         train.train(SMALL.replace(g_ema_decay=1.0))
 
 
 def test_resume_equals_an_uninterrupted_run_with_ema_and_grids_say_which(tiny_config, tmp_path):
+    tiny_config = tiny_config.replace(g_ema=True)  # outputs from the EMA (an option since issue 23)
     straight = train.train(tiny_config.replace(model_dir=str(tmp_path / "straight")))
     interrupted = tiny_config.replace(model_dir=str(tmp_path / "interrupted"))
     train.train(interrupted.replace(train_steps=2))
@@ -207,7 +216,7 @@ def test_float16_cli_finishes_and_exports_without_checkpoint_warnings(tmp_path):
     assert exported.returncode == 0, exported.stderr[-3000:]
     for output in (trained.stderr, exported.stderr):
         assert "could not be found" not in output and "Skipping variable loading" not in output
-    assert export.read_export_config(str(exports / "6"))["config"]["g_ema"] is True
+    assert export.read_export_config(str(exports / "6"))["config"]["g_ema"] is False  # the default: the raw G
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -223,7 +232,7 @@ def test_train_exports_the_best_fid_step_not_the_last(tiny_config, tmp_path, mon
     monkeypatch.setattr(callback_lib.FIDCallback, "compute_fid", lambda self: next(fids))
     monkeypatch.setattr(fid_lib, "make_extractor", lambda *args: (lambda images: images.reshape(len(images), -1)))
     config = tiny_config.replace(train_steps=6, fid_every=2, fid_samples=8, fid_classifier_path="unused.keras",
-                                 export_dir=str(tmp_path / "exports"))
+                                 export_dir=str(tmp_path / "exports"), g_ema=True)
     gan = train.train(config)
     assert int(gan.step.numpy()) == 6
     assert export.existing_versions(config.export_dir) == [4]

@@ -370,7 +370,7 @@ def test_cli_fid_prints_json(tiny_config, classifier, tmp_path):
 def test_cli_fid_reports_the_ema_generator_and_the_best_step(tiny_config, classifier, tmp_path):
     from dcgan_tf import train
 
-    config = tiny_config.replace(fid_every=2, fid_samples=16, fid_classifier_path=classifier[0])
+    config = tiny_config.replace(fid_every=2, fid_samples=16, fid_classifier_path=classifier[0], g_ema=True)
     train.train(config)
     best = read_best(os.path.join(config.model_dir, "best"))
     run = subprocess.run(
