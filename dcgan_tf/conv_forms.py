@@ -145,14 +145,15 @@ def layer_pass(op: Callable, layer: ConvLayer, batch: int, dtype: tf.DType, xla:
     kernel = tf.cast(tf.random.stateless_normal(kernel_shape, [seed, 2]) * 0.02, dtype)
     out_grad = tf.random.stateless_normal([batch, *out_shape], [seed, 3])
 
-    @tf.function(jit_compile=xla)
     def run():
         with tf.GradientTape() as tape:
             tape.watch([inputs, kernel])
             loss = tf.reduce_sum(tf.cast(op(inputs, kernel), tf.float32) * out_grad)
         return tape.gradient(loss, [inputs, kernel])
 
-    return run
+    # A concrete function: timing builds one function per layer and form on purpose, which tf.function's
+    # frequent-retracing detector (keyed by the Python code object) would report as a warning in the run's log.
+    return tf.function(run, jit_compile=xla).get_concrete_function()
 
 
 def time_pass(layer: ConvLayer, form: str, run: Callable[[], list[tf.Tensor]]) -> float:

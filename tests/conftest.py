@@ -14,6 +14,18 @@ _cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def fresh_home(tmp_path_factory):
+    """Every test, and every process a test starts, sees an empty home of its own: no cache or settings of the
+    machine's user (e.g. --conv_kernels=auto's timing cache under ~/.cache) changes what a test computes, and no
+    test writes into the user's home."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
+    patch.delenv("XDG_CACHE_HOME", raising=False)
+    yield
+    patch.undo()
+
+
 @pytest.fixture
 def tiny_config(tmp_path) -> Config:
     """A config small enough to train a few steps in seconds."""
