@@ -171,7 +171,7 @@ def wants_progress_log(verbose: int, stdout_is_terminal: bool) -> bool:
 class SampleGrid(StepCallback):
     """Renders G(fixed z) in inference mode as a TensorBoard image and model_dir/samples/step_N.png.
 
-    With G's EMA in use (the default) it renders the EMA too, as step_N_ema.png and the image "samples_ema";
+    With G's EMA in use (--g_ema=true) it renders the EMA too, as step_N_ema.png and the image "samples_ema";
     step_N.png and "samples" are always the raw G.
     """
 
