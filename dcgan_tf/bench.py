@@ -1,7 +1,7 @@
 """Speed measurements of dcgan_tf, one JSON line per measurement with its settings.
 
     python -m dcgan_tf.bench train --image_size=64 --ngf=64 --ndf=64 --batch_size=64 [--dataset=random]
-    python -m dcgan_tf.bench train --dataset=fashion_mnist --data_dir=../shared/tfds --image_size=32 --channels=1
+    python -m dcgan_tf.bench train --dataset=fashion_mnist --data_dir=$TFDS_DIR --image_size=32 --channels=1
     python -m dcgan_tf.bench input --dataset=folder:/path/to/pngs --image_size=64 --batch_size=64
     python -m dcgan_tf.bench sample --image_size=64 --ngf=64 [--model_dir=runs/x] [--grpc] [--clients=8]
     python -m dcgan_tf.bench flops --image_size=64 --ngf=64 --ndf=64 --batch_size=64
@@ -483,9 +483,9 @@ def compare(config: Config, torch_python: str | None, torch_reference: str, roun
         raise ValueError(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
     if torch_python is None:
         names = [n for n in names if n in TF_VARIANTS]
-    elif not os.path.exists(torch_reference):
-        raise ValueError(f"--torch_reference={torch_reference!r} does not exist: pass the path of "
-                         "torch_dcgan_reference.py")
+    elif not torch_reference or not os.path.exists(torch_reference):
+        raise ValueError(f"--torch_reference={torch_reference!r} does not exist: with --torch_python, pass the path "
+                         "of the PyTorch peer script, --torch_reference=PATH/torch_dcgan_reference.py")
     env = isa_environ(isa)
     rates: dict[str, list[float]] = {n: [] for n in names}
     cpu: dict[str, list[float | None]] = {n: [] for n in names}
@@ -596,7 +596,7 @@ class Options:
     warmup_steps: int = 2  # Untimed steps first (tracing, XLA compilation).
     matmul: bool = True  # Also measure the machine's matmul rate in the step's precision (seconds).
     torch_python: str | None = None  # compare: a Python with PyTorch, to time the PyTorch peer too.
-    torch_reference: str = "../shared/peers/torch_dcgan_reference.py"  # compare: the PyTorch peer script.
+    torch_reference: str = ""  # compare: the path of the PyTorch peer script (torch_dcgan_reference.py).
     isa: str = ""  # compare: cap every variant's CPU kernels at this oneDNN ISA, e.g. AVX2 (ONEDNN_MAX_CPU_ISA, and
                    # ATEN_CPU_CAPABILITY for PyTorch): an AVX-512/AMX machine then computes like an AVX2 one.
     kernels_check: bool = False  # compare: first run each variant once with ONEDNN_VERBOSE=1 and report its kernels.
