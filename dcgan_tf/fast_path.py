@@ -194,8 +194,10 @@ def resolve_conv_forms(config: Config, precision: str, xla: bool, strategy: tf.d
         replicas = strategy.num_replicas_in_sync if strategy is not None else 1
         forms, reason, ms = conv_forms.choose(config, precision, max(config.batch_size // replicas, 1), xla, isa_cap)
     matmul = [name for name, form in forms.items() if form == "matmul"]
-    logging.info("Conv kernels (requested %s): matmul form for %s, oneDNN's conv for the others (%s)%s.",
-                 config.conv_kernels, ", ".join(matmul) or "none", reason, f"; per pass: {ms}" if ms else "")
+    which = (f"matmul form for {', '.join(matmul)}, oneDNN's conv for the others" if matmul
+             else "oneDNN's conv for every layer")
+    logging.info("Conv kernels (requested %s): %s (%s)%s.", config.conv_kernels, which, reason,
+                 f"; per pass: {ms}" if ms else "")
     return {"conv_forms": conv_forms.spell(forms), "conv_forms_reason": reason, "conv_forms_ms": ms}
 
 
