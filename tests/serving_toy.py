@@ -24,6 +24,7 @@ from serving.dev_server.rest_frontend import start_rest_server
 from serving.dev_server.versions import ServedModel
 
 HOST = "127.0.0.1"
+REPO = Path(__file__).resolve().parents[1]
 WIDTH = 4  # the row width of `serving_default` and of every output
 MAX_ROWS = 64  # the graph's own bound on `sample`'s count
 CAP = 8  # the server's --max_batch_size in these tests
@@ -52,6 +53,20 @@ class _Toy(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
     def text(self, text):
         return {"length": tf.strings.length(text)}
+
+
+def subprocess_env() -> dict[str, str]:
+    """Environment for a child Python that imports this repository."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
 
 
 def write_toy_export(base: Path, version: int = 1) -> Path:

@@ -3,7 +3,6 @@
 import json
 import logging as std_logging
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,26 +17,13 @@ from dcgan_tf import checkpointing, generate  # noqa: E402
 from dcgan_tf.config import Config  # noqa: E402
 from dcgan_tf.images import read_png  # noqa: E402
 from dcgan_tf.train import train  # noqa: E402
+from serving_toy import free_port, subprocess_env  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
 NZ = 8
 STEPS = 10
 SEEDS = [0, 1, 2, 5, 42, 300]
-
-
-def subprocess_env() -> dict[str, str]:
-    """Environment for a child Python that imports this repository."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    return env
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on right now (the REST port; --rest_port=0 turns REST off)."""
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

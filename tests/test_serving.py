@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -36,26 +35,13 @@ from serving import client, dev_server
 from serving.dev_server import batching
 from serving.dev_server import config as serving_config
 from serving.dev_server.errors import ServingError
+from serving_toy import free_port, subprocess_env
 
 REPO = Path(__file__).resolve().parents[1]
 NZ = 16
 STEPS = 12
 CAP = 32  # the server's --max_batch_size
 HOST = "127.0.0.1"
-
-
-def subprocess_env() -> dict[str, str]:
-    """Environment for a child Python that imports this repository."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    return env
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 @dataclass
