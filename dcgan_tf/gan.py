@@ -54,7 +54,7 @@ class DCGAN(keras.Model):
         z_dist: str = "uniform",
         seed: int = 0,
         generator_ema: keras.Model | None = None,
-        ema_decay: float = 0.999,
+        ema_decay: float = 0.99,
         use_ema: bool | None = None,
         label_smoothing: float = 0.0,
         r1_gamma: float = 0.0,
@@ -75,7 +75,7 @@ class DCGAN(keras.Model):
         if use_ema and generator_ema is None:
             raise ValueError("use_ema=True needs a generator_ema (pass one, or use_ema=False for the raw G)")
         if generator_ema is not None and not 0.0 < ema_decay < 1.0:
-            raise ValueError(f"ema_decay={ema_decay} must be in (0, 1) (e.g. 0.999)")
+            raise ValueError(f"ema_decay={ema_decay} must be in (0, 1) (e.g. 0.99)")
         self.generator = generator
         self.discriminator = discriminator
         self.generator_ema = generator_ema

@@ -243,12 +243,32 @@ def parse_flags(argv: list[str]) -> list[str]:
         sys.exit(1)
 
 
+def config_from_command(flag_values: flags.FlagValues) -> Config:
+    """The command's Config: its flags for a new run; resuming, the flags it gives over the run's own config.json.
+
+    A resumed run keeps the settings it was started with unless the command sets them again, so a newer package
+    whose defaults differ (e.g. --g_ema_decay) does not change a run half-way; the log names what was kept.
+    """
+    config = cli.config_from_flags(flag_values)
+    saved = checkpointing.read_run_config(config.model_dir)
+    if saved is None:
+        return config
+    given = [name for name in cli.CONFIG_FLAGS if flag_values[cli.flag_name(name)].present]
+    resumed = cli.config_from_flags(flag_values, fields=given, base=saved)
+    kept = [f"--{cli.flag_name(name)}={getattr(saved, name)!r} (default {getattr(config, name)!r})"
+            for name in cli.CONFIG_FLAGS if name not in given and getattr(saved, name) != getattr(config, name)]
+    if kept:
+        logging.info("Resuming %s with its own settings where the command sets none: %s. Pass a flag to change it.",
+                     config.model_dir, ", ".join(kept))
+    return resumed
+
+
 def main(argv: list[str]) -> None:
     """CLI entry point."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}: every setting is a --flag (see --helpfull)")
     try:
-        train(cli.config_from_flags(FLAGS))
+        train(config_from_command(FLAGS))
     except (ConfigError, input_pipeline.DatasetError, checkpointing.CheckpointError,
             callbacks_lib.DivergenceError, export.ExportError, EvaluationError) as e:
         sys.exit(f"error: {e}")

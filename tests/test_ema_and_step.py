@@ -62,7 +62,7 @@ def test_ema_tracks_g_after_every_train_step():
 
     class Follow(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
-            decay = min(0.999, (1 + batch + 1) / (EMA_WARMUP + batch + 1))
+            decay = min(gan.ema_decay, (1 + batch + 1) / (EMA_WARMUP + batch + 1))
             for i, g in enumerate(values(gan.generator.weights)):
                 expected[i] = decay * expected[i] + (1 - decay) * g
 
@@ -75,12 +75,14 @@ def test_ema_tracks_g_after_every_train_step():
     assert gan.generator_ema.trainable_weights == []  # only update_ema writes it
 
 
-def test_the_raw_g_is_the_default_and_the_ema_is_still_kept_to_compare():
-    # Issue 23: the EMA was better in the project's classifier but not in an independent one, so outputs use the
-    # paper's raw G unless --g_ema=true; the EMA is still trained, so evaluate --g_ema=true can score it.
-    assert Config().g_ema is False and Config().g_ema_decay > 0
-    gan = build_gan(SMALL.replace(g_ema=Config().g_ema))
-    assert gan.output_generator is gan.generator and gan.generator_ema is not None
+def test_the_ema_at_decay_0_99_is_the_default_and_the_raw_g_is_kept_to_compare():
+    # Issue 23: at decay 0.999 the EMA won in the project's classifier only; at 0.99 it beat both the raw G and the
+    # 0.999 average in both yardsticks over three seeds, so outputs use it; the raw G is still trained and
+    # checkpointed, so evaluate --g_ema=false can score it.
+    assert Config().g_ema is True and Config().g_ema_decay == 0.99
+    gan = build_gan(SMALL.replace(g_ema=Config().g_ema, g_ema_decay=Config().g_ema_decay))
+    assert gan.output_generator is gan.generator_ema and gan.output_generator_name == "ema"
+    assert gan.ema_decay == 0.99 and gan.generator is not gan.generator_ema
 
 
 def test_raw_g_option_and_bad_decays():
@@ -216,7 +218,7 @@ def test_float16_cli_finishes_and_exports_without_checkpoint_warnings(tmp_path):
     assert exported.returncode == 0, exported.stderr[-3000:]
     for output in (trained.stderr, exported.stderr):
         assert "could not be found" not in output and "Skipping variable loading" not in output
-    assert export.read_export_config(str(exports / "6"))["config"]["g_ema"] is False  # the default: the raw G
+    assert export.read_export_config(str(exports / "6"))["config"]["g_ema"] is True  # the default: G's EMA
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -133,7 +133,7 @@ def test_nan_batch_stops_at_its_step_and_keeps_the_last_good_checkpoint(tiny_con
     assert int(gan.step.numpy()) == 4
     assert all(np.isfinite(v.numpy()).all() for v in gan.generator.weights + gan.discriminator.weights)
     assert sorted(os.listdir(os.path.join(config.model_dir, "samples"))) == [
-        "step_00000002.png", "step_00000004.png"]  # the default: the raw G's grids only
+        "step_00000002.png", "step_00000002_ema.png", "step_00000004.png", "step_00000004_ema.png"]  # raw G, EMA
 
 
 def test_non_finite_weights_are_never_checkpointed(tiny_config, tmp_path):
@@ -199,5 +199,6 @@ def test_custom_loop_trains_like_fit_with_the_same_outputs(tiny_config, tmp_path
     for name in ("fit", "loop"):
         run = tmp_path / name
         assert checkpoint_steps(str(run)) == [2, 4]
-        assert sorted(os.listdir(run / "samples")) == ["step_00000002.png", "step_00000004.png"]  # raw G (default)
+        assert sorted(os.listdir(run / "samples")) == ["step_00000002.png", "step_00000002_ema.png",
+                                                       "step_00000004.png", "step_00000004_ema.png"]
         assert len(os.listdir(run / "train")) == 1

@@ -41,8 +41,9 @@ def test_run_writes_events_samples_checkpoints_and_config(tiny_config):
     for tag in ("d_loss", "g_loss", "d_real", "d_fake", "images_per_sec", "samples"):
         assert tag in tags, tag
     assert tags["d_loss"] == [2, 4] and tags["samples"] == [2, 4]
-    # The default outputs are the raw G's (issue 23); the EMA's grids come with --g_ema=true (test_ema_and_step).
-    assert sorted(os.listdir(os.path.join(run, "samples"))) == ["step_00000002.png", "step_00000004.png"]
+    # The raw G's grid always, the EMA's too when it is the output generator (the default, issue 23).
+    assert sorted(os.listdir(os.path.join(run, "samples"))) == ["step_00000002.png", "step_00000002_ema.png",
+                                                                 "step_00000004.png", "step_00000004_ema.png"]
     grid = tf.io.decode_png(tf.io.read_file(os.path.join(run, "samples", "step_00000004.png")))
     assert grid.shape == (2 + 2 * 18, 2 + 2 * 18, 3)  # 4 samples of 16x16 in a 2x2 grid, 2-pixel padding
     ckpt = tf.train.get_checkpoint_state(os.path.join(run, "checkpoints"))
@@ -131,6 +132,36 @@ def test_cli_with_a_flagfile_trains_then_resumes(tmp_path):
     again = run_cli(f"--flagfile={flagfile}", f"--model_dir={model_dir}", "--train_steps=5", "--verbose=0")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "from step 3 to 5" in again.stderr and "Trained steps 3 -> 5" in again.stderr
+
+
+def test_a_resumed_run_keeps_its_own_settings_unless_the_command_sets_them(tmp_path):
+    # A run started under other defaults (here: an EMA decay of 0.5, G's raw outputs, label smoothing) is resumed
+    # by re-running its command: what the command does not set comes from the run's config.json, not from
+    # today's defaults, so a package upgrade cannot change a run half-way; a flag the command gives still wins.
+    from absl import flags
+
+    from dcgan_tf import cli
+    from dcgan_tf.config import Config, save
+
+    model_dir = str(tmp_path / "run")
+    os.makedirs(model_dir)
+    save(Config(model_dir=model_dir, g_ema=False, g_ema_decay=0.5, label_smoothing=0.1, train_steps=3),
+         checkpointing.config_path(model_dir))
+
+    def command(*args):
+        flag_values = flags.FlagValues()
+        cli.define_config_flags(flag_values=flag_values)
+        flag_values(["train", f"--model_dir={model_dir}", *args])
+        return train.config_from_command(flag_values)
+
+    resumed = command("--train_steps=5")
+    assert (resumed.g_ema, resumed.g_ema_decay, resumed.label_smoothing) == (False, 0.5, 0.1)
+    assert resumed.train_steps == 5  # given: the command's value
+    changed = command("--g_ema_decay=0.9", "--g_ema=true")
+    assert (changed.g_ema, changed.g_ema_decay, changed.train_steps) == (True, 0.9, 3)
+    fresh = tmp_path / "new"
+    new_run = command(f"--model_dir={fresh}")  # no config.json there: the flags and their defaults
+    assert (new_run.g_ema, new_run.g_ema_decay, new_run.label_smoothing) == (Config().g_ema, Config().g_ema_decay, 0.0)
 
 
 def test_cli_errors_are_messages_not_tracebacks(tmp_path):
