@@ -253,7 +253,8 @@ def config_from_command(flag_values: flags.FlagValues) -> Config:
     saved = checkpointing.read_run_config(config.model_dir)
     if saved is None:
         return config
-    given = [name for name in cli.CONFIG_FLAGS if flag_values[cli.flag_name(name)].present]
+    # model_dir is where the saved config was read: the command's, even if the run was copied from elsewhere.
+    given = [name for name in cli.CONFIG_FLAGS if name == "model_dir" or flag_values[cli.flag_name(name)].present]
     resumed = cli.config_from_flags(flag_values, fields=given, base=saved)
     kept = [f"--{cli.flag_name(name)}={getattr(saved, name)!r} (default {getattr(config, name)!r})"
             for name in cli.CONFIG_FLAGS if name not in given and getattr(saved, name) != getattr(config, name)]

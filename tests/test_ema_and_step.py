@@ -96,7 +96,7 @@ def test_raw_g_option_and_bad_decays():
 
 
 def test_resume_equals_an_uninterrupted_run_with_ema_and_grids_say_which(tiny_config, tmp_path):
-    tiny_config = tiny_config.replace(g_ema=True)  # outputs from the EMA (an option since issue 23)
+    tiny_config = tiny_config.replace(g_ema=True)  # outputs from the EMA, whatever the default
     straight = train.train(tiny_config.replace(model_dir=str(tmp_path / "straight")))
     interrupted = tiny_config.replace(model_dir=str(tmp_path / "interrupted"))
     train.train(interrupted.replace(train_steps=2))

@@ -134,7 +134,7 @@ def test_cli_with_a_flagfile_trains_then_resumes(tmp_path):
     assert "from step 3 to 5" in again.stderr and "Trained steps 3 -> 5" in again.stderr
 
 
-def test_a_resumed_run_keeps_its_own_settings_unless_the_command_sets_them(tmp_path):
+def test_a_resumed_run_keeps_its_own_settings_unless_the_command_sets_them(tmp_path, monkeypatch):
     # A run started under other defaults (here: an EMA decay of 0.5, G's raw outputs, label smoothing) is resumed
     # by re-running its command: what the command does not set comes from the run's config.json, not from
     # today's defaults, so a package upgrade cannot change a run half-way; a flag the command gives still wins.
@@ -145,18 +145,25 @@ def test_a_resumed_run_keeps_its_own_settings_unless_the_command_sets_them(tmp_p
 
     model_dir = str(tmp_path / "run")
     os.makedirs(model_dir)
-    save(Config(model_dir=model_dir, g_ema=False, g_ema_decay=0.5, label_smoothing=0.1, train_steps=3),
+    # The run was copied here from another folder: its config.json still names that one.
+    save(Config(model_dir=str(tmp_path / "old"), g_ema=False, g_ema_decay=0.5, label_smoothing=0.1, train_steps=3),
          checkpointing.config_path(model_dir))
 
-    def command(*args):
+    def command(*args, model_dir_flag=True):
         flag_values = flags.FlagValues()
         cli.define_config_flags(flag_values=flag_values)
-        flag_values(["train", f"--model_dir={model_dir}", *args])
+        flag_values(["train", *([f"--model_dir={model_dir}"] if model_dir_flag else []), *args])
         return train.config_from_command(flag_values)
 
     resumed = command("--train_steps=5")
     assert (resumed.g_ema, resumed.g_ema_decay, resumed.label_smoothing) == (False, 0.5, 0.1)
     assert resumed.train_steps == 5  # given: the command's value
+    assert resumed.model_dir == model_dir  # where it was read from, not where it was first trained
+    monkeypatch.chdir(tmp_path)  # the default --model_dir, not given, holding a copied run
+    os.makedirs(Config().model_dir)
+    save(Config(model_dir=str(tmp_path / "old"), g_ema_decay=0.5), checkpointing.config_path(Config().model_dir))
+    by_default = command(model_dir_flag=False)
+    assert (by_default.model_dir, by_default.g_ema_decay) == (Config().model_dir, 0.5)
     changed = command("--g_ema_decay=0.9", "--g_ema=true")
     assert (changed.g_ema, changed.g_ema_decay, changed.train_steps) == (True, 0.9, 3)
     fresh = tmp_path / "new"
